@@ -1,0 +1,52 @@
+# edgetl: `make demo` (train -> export -> bench on the bundled data) and `make test` set everything up.
+PYTHON ?= python3
+VENV := .venv
+LIGHT := .venv-light
+BIN := $(VENV)/bin
+SHARED ?= $(abspath ../shared)
+# Shared assets when present (dev/CI); otherwise Keras' normal weight download and your own DATA=.
+ifneq ($(wildcard $(SHARED)/weights),)
+export EDGETL_WEIGHTS_DIR ?= $(SHARED)/weights
+endif
+DATA ?= $(if $(wildcard $(SHARED)/data/hymenoptera),$(SHARED)/data/hymenoptera,)
+WEIGHTS ?= imagenet
+ALPHA ?= 0.35
+SIZE ?= 224
+RUN ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-unit bench bench-train bench-export bench-runtime bench-compare clean venv light
+
+$(VENV)/.stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[train,test]'
+	touch $@
+
+# Core install only (no TensorFlow): proves predict/bench run on a Pi-like install.
+$(LIGHT)/.stamp: pyproject.toml
+	$(PYTHON) -m venv $(LIGHT)
+	$(LIGHT)/bin/pip install -q --upgrade pip
+	$(LIGHT)/bin/pip install -q -e .
+	touch $@
+
+venv: $(VENV)/.stamp
+light: $(LIGHT)/.stamp
+
+demo: $(VENV)/.stamp
+	@if [ -z "$(DATA)" ]; then \
+	  echo "No DATA: run 'make demo DATA=/path/to/images' with one sub-folder per class (or train/ and val/)."; exit 2; fi
+	@if [ -z "$$EDGETL_WEIGHTS_DIR" ] && [ "$(WEIGHTS)" = imagenet ]; then \
+	  echo "Using Keras' ImageNet weight download (cached in ~/.keras/models). Offline? WEIGHTS=/path/to.h5 or EDGETL_WEIGHTS_DIR=dir"; fi
+	$(BIN)/edgetl train "$(DATA)" --out $(RUN) --alpha $(ALPHA) --image-size $(SIZE) --weights "$(WEIGHTS)" --overwrite
+	$(BIN)/edgetl export $(RUN) --int8
+	$(BIN)/edgetl bench $(RUN)
+
+test: $(VENV)/.stamp $(LIGHT)/.stamp
+	EDGETL_LIGHT_PYTHON=$(abspath $(LIGHT))/bin/python EDGETL_SHARED=$(SHARED) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-unit: $(VENV)/.stamp
+	$(BIN)/python -m pytest -q -m "not integration" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(LIGHT) runs .pytest_cache

@@ -1,0 +1,13 @@
+"""User-facing errors: the CLI prints them as one line and exits non-zero (no traceback)."""
+
+
+class EdgetlError(Exception):
+    """A problem with the user's input, named so that they can fix it (file, flag, accepted values)."""
+
+    exit_code = 2
+
+
+class ArtifactCheckError(EdgetlError):
+    """An exported artifact failed its parity/accuracy check."""
+
+    exit_code = 3
