@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -96,16 +97,34 @@ def build_base(alpha: float, image_size: int, weights_path: str | None):
                           f"({str(e).splitlines()[0][:160]})") from None
 
 
+_FEATURE_FNS = weakref.WeakKeyDictionary()  # model -> its traced inference function
+
+
 def feature_fn(base, batch_size: int = 32):
-    """A compiled inference function of the frozen base (faster than Keras predict on small data)."""
+    """A compiled inference function of the frozen base (faster than Keras predict on small data).
+
+    Traced once per model with a None batch dimension and cached (weakly, outside the model, so
+    nothing is added to what Keras saves or exports): tracing costs ~2 s, so a new function per call,
+    or a retrace for every partial last batch, costs more than the features themselves on small data.
+    """
     from .tfenv import tf_and_keras
 
+    try:
+        return _FEATURE_FNS[base]
+    except (KeyError, TypeError):
+        pass
     tf, _ = tf_and_keras()
+    shape = [None, *[int(d) for d in base.input_shape[1:]]]
+    ref = weakref.ref(base)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)])
     def f(x):
-        return base(x, training=False)
+        return ref()(x, training=False)
 
+    try:
+        _FEATURE_FNS[base] = f
+    except TypeError:  # pragma: no cover - unhashable model object
+        pass
     return f
 
 

@@ -53,6 +53,11 @@ def load_image(path: str | Path, size: int | tuple[int, int]) -> np.ndarray:
 
     h, w = (size, size) if isinstance(size, int) else size
     try:
+        if Path(path).stat().st_size == 0:
+            raise ImageDecodeError("empty file (0 bytes)")
+    except OSError as e:
+        raise ImageDecodeError(f"cannot read ({e.strerror or type(e).__name__})") from None
+    try:
         with Image.open(path) as im:
             im.load()  # force a full decode: truncated files fail here, not later
             im = ImageOps.exif_transpose(im)
@@ -60,7 +65,9 @@ def load_image(path: str | Path, size: int | tuple[int, int]) -> np.ndarray:
             if im.size != (w, h):
                 im = im.resize((w, h), Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not a readable image (unknown format or not an image file)") from None
+    except (OSError, ValueError, SyntaxError) as e:
         raise ImageDecodeError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}") from None
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ImageDecodeError(f"unexpected decoded shape {arr.shape}")

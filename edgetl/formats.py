@@ -56,7 +56,7 @@ def parse_formats(spec: str | None, int8: bool) -> list[Format]:
         bad = [f.name for f in fmts if not f.exportable]
         if bad:
             raise EdgetlError(f"--format {bad[0]!r} cannot be exported; valid formats: {', '.join(EXPORT_FORMATS)}")
-        return list(dict.fromkeys(fmts))
+        return [FORMATS[n] for n in dict.fromkeys(f.name for f in fmts)]  # dedupe (Format holds a dict: unhashable)
     names = FLOAT_EXPORTS + (INT8_EXPORTS if int8 else [])
     return [FORMATS[n] for n in names]
 

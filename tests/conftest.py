@@ -58,3 +58,67 @@ def make_image_folder(root: Path, classes=("cats", "dogs"), per_class=6, size=48
 @pytest.fixture
 def tiny_data(tmp_path) -> Path:
     return make_image_folder(tmp_path / "data")
+
+
+# ---- A (issue 2): one real `edgetl train` run on hymenoptera, shared by B's and C's integration tests ----
+HYMENOPTERA_RUN_OPTIONS = {"alpha": 0.35, "image_size": 224, "seed": 0}
+
+
+@pytest.fixture(scope="session")
+def hymenoptera_run(tmp_path_factory) -> Path:
+    """RUN dir trained once per session: shared hymenoptera, alpha 0.35, 224 px, shared ImageNet weights
+    (found through EDGETL_WEIGHTS_DIR). Treat it as read-only (copy it before writing into it)."""
+    shared_or_skip()
+    from rich.console import Console
+
+    from edgetl.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("hymenoptera") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGETL_WEIGHTS_DIR", str(WEIGHTS_DIR))
+        train(TrainConfig(data=str(HYMENOPTERA), out=str(out), **HYMENOPTERA_RUN_OPTIONS),
+              console=Console(stderr=True, quiet=True))
+    return out
+
+
+# ---- C (issue 4): tiny artifacts for runtime/bench/predict unit tests ----------------------------------
+@pytest.fixture(scope="session")
+def c_run(tmp_path_factory) -> Path:
+    """Run-like dir: tiny random MobileNetV2 (alpha 0.35, 32 px) + model-fp32/int8.tflite, model-fp32.onnx
+    with edgetl metadata, val split = generated images. Built in a subprocess (tests/_tiny_artifacts.py) so
+    this pytest process never imports TensorFlow. Read-only: copy before writing into it."""
+    import json
+    import subprocess
+    import sys
+
+    from edgetl.data import labelled_folder
+
+    root = tmp_path_factory.mktemp("c_run")
+    imgs = make_image_folder(root / "data", per_class=6, size=40)
+    _, items, _ = labelled_folder(imgs / "val", ["cats", "dogs"])
+    out = root / "run"
+    r = subprocess.run([sys.executable, str(REPO / "tests" / "_tiny_artifacts.py"), str(out), "32",
+                        json.dumps({"items": [[p, y] for p, y in items]})], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
+# ---- B (issue 3): the hymenoptera run exported to every registry format (int8 included) -------------
+EXPORTED_RUN_CALIB = 64
+
+
+@pytest.fixture(scope="session")
+def exported_run(hymenoptera_run, tmp_path_factory) -> Path:
+    """Copy of `hymenoptera_run` after `edgetl export RUN --int8 --calib 64`: model-*.tflite/onnx with
+    edgetl metadata + manifest.json with parity results. Read-only: copy it before writing into it."""
+    import shutil
+
+    from rich.console import Console
+
+    from edgetl.export import export_run
+
+    out = tmp_path_factory.mktemp("exported") / "run"
+    shutil.copytree(hymenoptera_run, out)
+    export_run(out, int8=True, calib=EXPORTED_RUN_CALIB, console=Console(stderr=True, quiet=True))
+    return out

@@ -1,0 +1,158 @@
+"""Export benchmark (issue 3): accuracy and size of every format, for a PTQ run and a QAT run, plus the
+ONNX-int8 paths side by side. Not a timed test. Writes benchmarks/results/export.json.
+
+    make bench-export            # hymenoptera, alpha 0.35, 224 px (flock /tmp/edgetl-cpu.lock)
+    python benchmarks/bench_export.py --size 128 --out /tmp/x.json   # quicker look
+
+Targets: int8 PTQ within 1.0 point of Keras float, QAT int8 within 0.5 point, ONNX int8 within 1.5 points,
+int8 files <= 30 % of the fp32 size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = Path(os.environ.get("EDGETL_SHARED", REPO.parent / "shared"))
+
+
+def onnx_paths(run_dir: Path, calib: int) -> dict:
+    """Accuracy of each ONNX-int8 path on the run's validation images (the exporter uses 'tflite')."""
+    from rich.console import Console
+
+    from edgetl import data as D
+    from edgetl import export as ex
+    from edgetl.formats import FORMATS
+    from edgetl.rundir import Run
+
+    run = Run(run_dir)
+    model = ex.load_model(run)
+    qat = bool(run.meta.get("qat"))
+    fm = ex.strip_quantization(model) if qat else model
+    pix, y, _, _ = D.load_batch(run.split_items("val"), run.image_size)
+    x = D.preprocess(pix, run.preprocessing)
+    kp = ex.keras_predict(model, x)
+    ctx = ex.ExportContext(run=run, model=model, float_model=fm, float_probs=ex.keras_predict(fm, x),
+                           size=run.image_size, spec=run.preprocessing, classes=run.classes, val_x=x, val_y=y,
+                           keras_probs=kp, macs=0, qat=qat, calib_items=run.split_items("train"), calib_n=calib,
+                           seed=0, console=Console(quiet=True))
+    fmt = FORMATS["onnx-int8"]
+    keras_acc = float((kp.argmax(1) == y).mean())
+    paths = {"tflite": lambda: ex.onnx_int8_from_tflite(ctx, fmt)}
+    if not qat:  # ORT's calibrators need calibration images; a QAT run's point is not to calibrate
+        paths.update({
+            "ort-minmax": lambda: ex.onnx_int8_ort(ctx, fmt, "MinMax"),
+            "ort-percentile-99.99": lambda: ex.onnx_int8_ort(ctx, fmt, "Percentile",
+                                                             {"CalibPercentile": 99.99}),
+            "ort-minmax-explicit-asym-act-sym-weights": lambda: ex.onnx_int8_ort(
+                ctx, fmt, "MinMax", {"ActivationSymmetric": False, "WeightSymmetric": True}),
+        })
+    out = {}
+    for name, make in paths.items():
+        t0 = time.perf_counter()
+        try:
+            blob = make()
+            probs, _ = ex.run_onnx(blob, x)
+            acc = float((probs.argmax(1) == y).mean())
+            out[name] = {"accuracy": acc, "drop_points": round(100 * (keras_acc - acc), 2), "bytes": len(blob),
+                         "agreement": float((probs.argmax(1) == kp.argmax(1)).mean()),
+                         "seconds": round(time.perf_counter() - t0, 1)}
+        except Exception as e:  # a path that cannot run is a result too
+            out[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+        print(f"  onnx-int8 path {name}: {out[name]}", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--alpha", type=float, default=0.35)
+    ap.add_argument("--calib", type=int, default=200)
+    ap.add_argument("--qat-epochs", type=int, default=2)
+    ap.add_argument("--work", default="/tmp/edgetl-bench-export")  # model files stay out of the repo
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "export.json"))
+    a = ap.parse_args()
+    os.environ.setdefault("EDGETL_WEIGHTS_DIR", str(SHARED / "weights"))
+    from rich.console import Console
+
+    from edgetl.export import export_run
+    from edgetl.train import TrainConfig, train
+
+    console = Console()
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    data = SHARED / "data" / "hymenoptera"
+    results = {"config": vars(a), "runs": {}}
+    for kind in ("ptq", "qat"):
+        run = work / kind
+        t0 = time.perf_counter()
+        if run.exists():
+            shutil.rmtree(run)
+        console.rule(f"{kind}: train")
+        train(TrainConfig(data=str(data), out=str(run), alpha=a.alpha, image_size=a.size, seed=0,
+                          qat=kind == "qat", qat_epochs=a.qat_epochs), console=console)
+        t_train = time.perf_counter() - t0
+        console.rule(f"{kind}: export --int8")
+        t0 = time.perf_counter()
+        try:
+            manifest = export_run(run, int8=True, calib=a.calib, keep_going=True, console=console)
+        except Exception as e:  # failures are recorded in the manifest; keep benchmarking
+            print(f"export reported: {e}")
+            manifest = json.loads((run / "manifest.json").read_text())
+        t_export = time.perf_counter() - t0
+        meta = json.loads((run / "edgetl.json").read_text())
+        arts = manifest["artifacts"]
+        fp32 = {"tflite": arts.get("tflite-fp32", {}).get("bytes"), "onnx": arts.get("onnx-fp32", {}).get("bytes")}
+        row = {"keras_accuracy": None, "keras_float_accuracy": None, "formats": {}, "qat_info": meta.get("qat_info"),
+               "train_seconds": round(t_train, 1), "export_seconds": round(t_export, 1),
+               "keras_bytes": (run / "model.keras").stat().st_size}
+        for name, art in arts.items():
+            if art.get("status") != "ok":
+                row["formats"][name] = {"status": art.get("status"), "reason": art.get("reason")}
+                continue
+            p = art["parity"]
+            if p.get("max_drop") is not None:
+                row["keras_accuracy"] = p["keras_accuracy"]
+            else:
+                row["keras_float_accuracy"] = p["keras_accuracy"]
+            base = fp32["tflite" if name.startswith("tflite") else "onnx"]
+            row["formats"][name] = {"accuracy": p["accuracy"], "agreement": p["agreement"],
+                                    "drop_points_vs_reference": p["drop_points"], "bytes": art["bytes"],
+                                    "size_vs_fp32": round(art["bytes"] / base, 3) if base else None,
+                                    "max_abs_diff": p["max_abs_diff"]}
+        console.rule(f"{kind}: ONNX int8 paths")
+        row["onnx_int8_paths"] = onnx_paths(run, a.calib)
+        results["runs"][kind] = row
+    # targets, measured against the float Keras model of the PTQ run (same seed, same float phases)
+    ptq, qat = results["runs"]["ptq"], results["runs"]["qat"]
+    fl = ptq["keras_float_accuracy"]
+
+    def pts(r, n):
+        f = r["formats"].get(n, {})
+        return None if "accuracy" not in f else round(100 * (fl - f["accuracy"]), 2)
+
+    results["targets"] = {
+        "keras_float_accuracy": fl,
+        "ptq_tflite_int8_drop_points (<= 1.0)": pts(ptq, "tflite-int8"),
+        "qat_tflite_int8_drop_points (<= 0.5)": pts(qat, "tflite-int8"),
+        "ptq_onnx_int8_drop_points (<= 1.5)": pts(ptq, "onnx-int8"),
+        "qat_onnx_int8_drop_points (<= 1.5)": pts(qat, "onnx-int8"),
+        "int8_size_vs_fp32 (<= 0.30)": {n: ptq["formats"].get(n, {}).get("size_vs_fp32")
+                                        for n in ("tflite-int8", "onnx-int8")},
+    }
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    console.print_json(json.dumps(results["targets"]))
+    console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""`edgetl predict MODEL IMAGE_OR_DIR...`: top-k labels from one exported .tflite/.onnx file.
+
+Same decoding (data.load_image) and preprocessing (data.preprocess with the spec stored in the
+artifact) as training. No TensorFlow: runs with the light install.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import data, runtime
+from .errors import EdgetlError
+
+
+def predict(model_path: Path, inputs: list[Path], top_k: int = 3, as_json: bool = False, threads: int = 1,
+            console=None) -> dict:
+    from rich.console import Console
+
+    if top_k < 1:
+        raise EdgetlError(f"--top-k {top_k}: must be >= 1")
+    threads = runtime.check_threads(threads)
+    if not inputs:
+        raise EdgetlError("give at least one image file or folder after MODEL")
+    files = data.iter_image_files(inputs)  # raises on a missing path, before loading the model
+    model = runtime.load(model_path, threads=threads, allow_keras=False)
+    k = min(top_k, len(model.classes))
+    results, skipped = [], []
+    for f in files:
+        try:
+            px = data.load_image(f, model.image_size)
+        except data.ImageDecodeError as e:
+            skipped.append({"file": str(f), "reason": str(e)})
+            continue
+        probs = model.predict_pixels(px[None])[0]
+        order = np.argsort(-probs, kind="stable")[:k]
+        results.append({"path": str(f), "top": [{"label": model.classes[i], "probability": float(probs[i])}
+                                                for i in order]})
+    doc = {"model": str(model_path), "format": model.format.name, "classes": model.classes,
+           "image_size": model.image_size, "top_k": k, "images": len(results), "skipped": skipped,
+           "predictions": results}
+    if as_json:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        _print(doc, console or Console())
+    if not results:
+        raise EdgetlError(f"no readable images among {len(files)} file(s) given" if files else
+                          "no image files found in the given folder(s)")
+    return doc
+
+
+def _print(doc: dict, console) -> None:
+    from rich.table import Table
+
+    tab = Table(title=f"{doc['model']} ({doc['format']}, {doc['image_size']} px)", title_justify="left")
+    tab.add_column("image", overflow="fold")
+    for i in range(doc["top_k"]):
+        tab.add_column(f"#{i + 1}")
+    for r in doc["predictions"]:
+        tab.add_row(r["path"], *[f"{t['label']} {100 * t['probability']:.1f}%" for t in r["top"]])
+    console.print(tab)
+    for s in doc["skipped"]:
+        console.print(f"[yellow]skipped[/] {s['file']}: {s['reason']}", highlight=False)
+    msg = f"{doc['images']} image(s) classified"
+    if doc["skipped"]:
+        msg += f", {len(doc['skipped'])} unreadable image(s) skipped"
+    console.print(msg, highlight=False)
