@@ -48,6 +48,9 @@ test: $(VENV)/.stamp $(LIGHT)/.stamp
 test-unit: $(VENV)/.stamp
 	$(BIN)/python -m pytest -q -m "not integration" $(PYTEST_ARGS)
 
+# All benchmarks, one after another (JSON in benchmarks/results/).
+bench: bench-train bench-export bench-runtime bench-compare
+
 # Timing benchmarks run under one lock so two never overlap on the shared 2-core machine.
 bench-train: $(VENV)/.stamp
 	flock /tmp/edgetl-cpu.lock $(BIN)/python benchmarks/bench_train.py $(BENCH_ARGS)

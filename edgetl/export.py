@@ -660,20 +660,22 @@ def _print_table(console, run: Run, results: dict, kp, y, fp=None) -> None:
     from rich.table import Table
 
     tab = Table(title=f"edgetl export {run.path}")
-    for c in ("format", "file", "size", "accuracy", "agreement", "max |Δp|", "status"):
-        tab.add_column(c, justify="right" if c in ("size", "accuracy", "agreement", "max |Δp|") else "left")
-    tab.add_row("keras", run.model_path.name, _mb(run.model_path.stat().st_size),
+    # file names come from the registry (FORMATS[name].filename); manifest.json lists them with sha256
+    for c in ("format", "size", "accuracy", "agreement", "max |Δp|", "status"):
+        tab.add_column(c, justify="right" if c in ("size", "accuracy", "agreement", "max |Δp|") else "left",
+                       no_wrap=True)
+    tab.add_row("keras", _mb(run.model_path.stat().st_size),
                 f"{100 * float((kp.argmax(1) == y).mean()):.1f}%", "-", "-", "reference" + (" (QAT)" if fp is not None else ""))
     if fp is not None:
-        tab.add_row("keras float", "-", "-", f"{100 * float((fp.argmax(1) == y).mean()):.1f}%",
+        tab.add_row("keras float", "-", f"{100 * float((fp.argmax(1) == y).mean()):.1f}%",
                     "-", "-", "float reference")
     for name, r in results.items():
         if r["status"] == "ok":
             p = r["parity"]
-            tab.add_row(name, r["file"], _mb(r["bytes"]), f"{100 * p['accuracy']:.1f}%", f"{100 * p['agreement']:.1f}%",
+            tab.add_row(name, _mb(r["bytes"]), f"{100 * p['accuracy']:.1f}%", f"{100 * p['agreement']:.1f}%",
                         f"{p['max_abs_diff']:.2g}", "[green]ok[/]")
         else:
-            tab.add_row(name, r["file"], "-", "-", "-", "-", "[red]failed[/]")
+            tab.add_row(name, "-", "-", "-", "-", "[red]failed[/]")
     console.print(tab)
 
 

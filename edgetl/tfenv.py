@@ -22,6 +22,13 @@ def tf_and_keras():
             "this command needs TensorFlow: install the training extra (pip install 'edgetl[train]')"
         ) from None
     tf.get_logger().setLevel("ERROR")
+    import warnings
+
+    # TF's own converter calibrates through its deprecated tf.lite.Interpreter (edgetl itself runs
+    # artifacts with ai_edge_litert) and warns about input statistics it does not use for full-integer
+    # conversion; neither is actionable for a user, so keep them off the console.
+    warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated.*")
+    warnings.filterwarnings("ignore", message=r"Statistics for quantized inputs were expected.*")
     return tf, tf_keras
 
 
