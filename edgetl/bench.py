@@ -619,12 +619,14 @@ def plot(result: dict, png: Path) -> bool:
         return False
     pts = [r for r in result["rows"] if r["status"] == "ok" and r.get("latency_ms")]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in pts:
+    # artifacts often share one accuracy: stagger the labels in latency order so they stay readable
+    for i, r in enumerate(sorted(pts, key=lambda r: r["latency_ms"]["p50"])):
         acc = r.get("accuracy")
         y = 100 * acc if acc is not None else 0.0
-        ax.scatter(r["latency_ms"]["p50"], y, s=40)
+        ax.scatter(r["latency_ms"]["p50"], y, s=40, label=f"{r['name']} x{r['threads']}")
         ax.annotate(f"{r['name']} x{r['threads']}", (r["latency_ms"]["p50"], y), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
+                    xytext=(4, 6 + 9 * (i % 4)), textcoords="offset points",
+                    arrowprops={"arrowstyle": "-", "lw": 0.4, "alpha": 0.5})
     ax.set_xscale("log")
     ax.set_xlabel("batch-1 latency p50 (ms, log scale)")
     ax.set_ylabel("accuracy (%)")
