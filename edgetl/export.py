@@ -589,24 +589,20 @@ def export_run(run_path, formats: str | None = None, int8: bool = False, calib: 
                     ctx.cache["onnx-fp32"] = raw
                 blob, meta = embed(ctx, fmt, raw)
                 par = parity(ctx, fmt, blob, max_drop)
-            except (ArtifactCheckError, EdgetlError) as e:
-                reason = str(e)
+            except Exception as e:  # a check failure, or a converter crash: one line, never a traceback
+                if isinstance(e, EdgetlError):
+                    reason, shown = str(e), f"{e} (file not written)"
+                else:
+                    reason = (f"{fmt.name}: conversion failed "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})")
+                    shown = reason
                 _drop_stale(path)
                 results[fmt.name] = {"file": fmt.filename, "status": "failed", "reason": reason}
                 failures.append(reason)
                 if not keep_going:
                     manifest["artifacts"].update(results)
                     _write_manifest(run, manifest)
-                    raise ArtifactCheckError(f"{reason} (file not written)") from None
-            except Exception as e:  # converter crashes: one line, not a traceback
-                reason = f"{fmt.name}: conversion failed ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})"
-                _drop_stale(path)
-                results[fmt.name] = {"file": fmt.filename, "status": "failed", "reason": reason}
-                failures.append(reason)
-                if not keep_going:
-                    manifest["artifacts"].update(results)
-                    _write_manifest(run, manifest)
-                    raise ArtifactCheckError(reason) from None
+                    raise ArtifactCheckError(shown) from None
             else:
                 write_bytes(path, blob)
                 results[fmt.name] = {"file": fmt.filename, "bytes": len(blob), "sha256": sha256_file(path),
