@@ -1,4 +1,7 @@
-"""Stand-in exporter for C's tests while `edgetl export` lands: tiny random MobileNetV2 -> artifacts.
+"""Small, fast artifacts for the runtime/bench/predict unit tests: tiny random MobileNetV2 -> artifacts.
+
+Kept beside `edgetl export` because the real exporter's int8 calibration and parity checks cost minutes
+on 2 cores, over the unit-test budget; the light-install and integration tests use the real exporter.
 
 Run as a script in the FULL env (imports TensorFlow): python tests/_tiny_artifacts.py OUT_DIR [SIZE]
 Writes a run-like folder: model.keras, edgetl.json, model-fp32.tflite, model-int8.tflite,
@@ -16,33 +19,20 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def macs_of(model) -> int:
-    total = 0
-    for layer in model.layers:
-        cls = type(layer).__name__
-        if cls in ("Conv2D", "DepthwiseConv2D"):
-            _, h, w, cout = layer.output.shape
-            kh, kw = layer.kernel_size
-            cin = layer.input.shape[-1]
-            total += h * w * kh * kw * (cin * cout if cls == "Conv2D" else cin)
-        elif cls == "Dense":
-            total += layer.input.shape[-1] * layer.units
-    return int(total)
-
-
 def main(out: str, size: int = 32, classes=("cats", "dogs"), items=None) -> None:
     import numpy as np
 
     from edgetl import artifact
+    from edgetl.backbone import build_base
     from edgetl.data import preprocessing_spec
+    from edgetl.export import count_macs
     from edgetl.tfenv import tf_and_keras
 
     tf, keras = tf_and_keras()
     keras.utils.set_random_seed(0)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    base = keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=0.35, include_top=False,
-                                          weights=None, pooling="avg")
+    base = build_base(0.35, size, None)
     y = keras.layers.Dense(len(classes), activation="softmax")(base.output)
     model = keras.Model(base.input, y)
     # Random init makes activations vanish; set BatchNorm statistics from one batch (momentum 0) so the
@@ -58,7 +48,7 @@ def main(out: str, size: int = 32, classes=("cats", "dogs"), items=None) -> None
     model.save(out / "model.keras")
     spec = preprocessing_spec(size)
     meta = {"edgetl_version": "0.1.0", "created": "test", "classes": list(classes), "image_size": size,
-            "alpha": 0.35, "preprocessing": spec, "qat": False, "macs": macs_of(model),
+            "alpha": 0.35, "preprocessing": spec, "qat": False, "macs": count_macs(model),
             "split": {"val": items or []}}
     (out / "edgetl.json").write_text(json.dumps(meta))
     (out / "labels.txt").write_text("\n".join(classes) + "\n")
