@@ -5,7 +5,9 @@ ONNX-int8 paths side by side. Not a timed test. Writes benchmarks/results/export
     python benchmarks/bench_export.py --size 128 --out /tmp/x.json   # quicker look
 
 Targets: int8 PTQ within 1.0 point of Keras float, QAT int8 within 0.5 point, ONNX int8 within 1.5 points,
-int8 files <= 30 % of the fp32 size.
+int8 files <= 30 % of the fp32 size. Sizes are those of the written files, after edgetl.compact's lossless
+post-processing (applied to every format); `converter_bytes` is the converter's own output, before
+compaction and before the edgetl metadata is embedded.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def onnx_paths(run_dir: Path, calib: int) -> dict:
     for name, make in paths.items():
         t0 = time.perf_counter()
         try:
-            blob = make()
+            blob = ex.compact(fmt, make())  # the exporter's lossless post-processing, as for written files
             probs, _ = ex.run_onnx(blob, x)
             acc = float((probs.argmax(1) == y).mean())
             out[name] = {"accuracy": acc, "drop_points": round(100 * (keras_acc - acc), 2), "bytes": len(blob),
@@ -67,6 +69,36 @@ def onnx_paths(run_dir: Path, calib: int) -> dict:
         except Exception as e:  # a path that cannot run is a result too
             out[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
         print(f"  onnx-int8 path {name}: {out[name]}", flush=True)
+    return out
+
+
+def tflite_bytes_breakdown(path: Path) -> dict:
+    """Where the bytes of a TFLite file go: constant data by role, quantization vectors as written
+    (edgetl.compact shares identical ones), metadata entries, and the rest (tables, names, padding)."""
+    import numpy as np
+    from ai_edge_litert import schema_py_generated as S
+
+    buf = path.read_bytes()
+    m = S.ModelT.InitFromPackedBuf(bytearray(buf), 0)
+    out = {"file": len(buf), "weights": 0, "biases": 0, "scales": 0, "bias_scales": 0, "zero_points": 0,
+           "metadata": sum(len(m.buffers[e.buffer].data) for e in m.metadata or [])}
+    seen_s, seen_z = set(), set()
+    for sg in m.subgraphs:
+        bias = {int(op.inputs[2]) for op in sg.operators if len(op.inputs) >= 3 and op.inputs[2] >= 0}
+        for i, t in enumerate(sg.tensors):
+            d = m.buffers[t.buffer].data
+            if d is not None and len(d):
+                out["biases" if i in bias else "weights"] += len(d)
+            q = t.quantization
+            if q is not None and q.scale is not None and len(q.scale):
+                if i in bias:
+                    out["bias_scales"] += 4 * len(q.scale)
+                for key, arr, seen in (("scales", q.scale, seen_s), ("zero_points", q.zeroPoint, seen_z)):
+                    b = np.asarray(arr).tobytes()
+                    if b not in seen:
+                        seen.add(b)
+                        out[key] += len(b) + 4
+    out["other"] = out["file"] - sum(out[k] for k in ("weights", "biases", "scales", "zero_points", "metadata"))
     return out
 
 
@@ -82,8 +114,19 @@ def main() -> None:
     os.environ.setdefault("EDGETL_WEIGHTS_DIR", str(SHARED / "weights"))
     from rich.console import Console
 
+    import edgetl.export as ex
     from edgetl.export import export_run
     from edgetl.train import TrainConfig, train
+
+    # converter output sizes before edgetl.compact (the exporter's lossless post-processing)
+    converter_bytes: dict[str, int] = {}
+    real_compact = ex.compact
+
+    def recording_compact(fmt, raw):
+        converter_bytes[fmt.name] = len(raw)
+        return real_compact(fmt, raw)
+
+    ex.compact = recording_compact
 
     console = Console()
     work = Path(a.work)
@@ -100,6 +143,7 @@ def main() -> None:
                           qat=kind == "qat", qat_epochs=a.qat_epochs), console=console)
         t_train = time.perf_counter() - t0
         console.rule(f"{kind}: export --int8")
+        converter_bytes.clear()
         t0 = time.perf_counter()
         try:
             manifest = export_run(run, int8=True, calib=a.calib, keep_going=True, console=console)
@@ -126,7 +170,10 @@ def main() -> None:
             row["formats"][name] = {"accuracy": p["accuracy"], "agreement": p["agreement"],
                                     "drop_points_vs_reference": p["drop_points"], "bytes": art["bytes"],
                                     "size_vs_fp32": round(art["bytes"] / base, 3) if base else None,
+                                    "converter_bytes": converter_bytes.get(name),
                                     "max_abs_diff": p["max_abs_diff"]}
+            if name == "tflite-int8":
+                row["formats"][name]["bytes_breakdown"] = tflite_bytes_breakdown(run / art["file"])
         console.rule(f"{kind}: ONNX int8 paths")
         row["onnx_int8_paths"] = onnx_paths(run, a.calib)
         results["runs"][kind] = row

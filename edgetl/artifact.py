@@ -29,8 +29,6 @@ def is_tflite(buf: bytes) -> bool:
 
 def embed_tflite(model: bytes, meta: dict) -> bytes:
     """Return the TFLite flatbuffer with `meta` stored as metadata entry "edgetl" (replacing any old one)."""
-    import flatbuffers
-
     schema = _schema()
     m = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
     m.metadata = [e for e in (m.metadata or []) if (e.name or b"") not in (META_KEY, META_KEY.encode())]
@@ -43,9 +41,12 @@ def embed_tflite(model: bytes, meta: dict) -> bytes:
     entry.name = META_KEY
     entry.buffer = len(m.buffers) - 1
     m.metadata.append(entry)
-    b = flatbuffers.Builder(len(model) + 4096)
-    b.Finish(m.Pack(b), file_identifier=TFLITE_IDENT)
-    return bytes(b.Output())
+    # edgetl.compact's packer: identical vectors written once, Buffer.data 16-byte aligned (schema);
+    # a replaced entry's old buffer is dropped rather than left orphaned
+    from .compact import drop_unused_buffers, pack_tflite
+
+    drop_unused_buffers(m)
+    return pack_tflite(m, len(model) + 4096)
 
 
 def read_tflite_meta(buf: bytes) -> dict | None:

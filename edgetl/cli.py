@@ -67,6 +67,9 @@ def train(
     qat: bool = typer.Option(False, "--qat", help="Quantization-aware training after the float phases"),
     qat_epochs: int = typer.Option(2, "--qat-epochs"),
     adapt_bn: bool = typer.Option(False, "--adapt-bn", help="Re-estimate the base's BatchNorm statistics on DATA"),
+    base_cache: bool = typer.Option(True, "--base-cache/--no-base-cache",
+                                    help="Compute base features with the backbone's TFLite copy, made once and "
+                                    "cached in $EDGETL_CACHE_DIR (default ~/.cache/edgetl)"),
 ) -> None:
     """Train a classifier: frozen ImageNet MobileNetV2 + new head, optional fine-tuning and QAT."""
     from .train import TrainConfig, train as run_train, validate
@@ -77,7 +80,7 @@ def train(
         patience=patience, augment=augment, fine_tune=fine_tune, fine_tune_epochs=fine_tune_epochs,
         fine_tune_lr=fine_tune_lr, val_split=val_split, seed=seed, overwrite=overwrite,
         from_run=str(from_run) if from_run is not None else None, qat=qat, qat_epochs=qat_epochs,
-        adapt_bn=adapt_bn)
+        adapt_bn=adapt_bn, base_cache=base_cache)
     run_train(cfg, Console(stderr=True), prepared=validate(cfg))
     _fast_exit_after_tensorflow()
 

@@ -285,28 +285,45 @@ def convert_onnx_fp32(ctx: ExportContext, fmt: Format) -> bytes:
     return proto.SerializeToString()
 
 
+_NAME_CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _short_name(i: int) -> str:
+    """0 -> "0", 61 -> "Z", 62 -> "10": one or two characters for the few hundred tensors of a model."""
+    s = ""
+    while True:
+        i, r = divmod(i, len(_NAME_CHARS))
+        s = _NAME_CHARS[r] + s
+        if i == 0:
+            return s
+
+
 def _shorten_names(proto) -> None:
     """Short internal tensor/node names. Converted from TFLite, every tensor carries the chain of TF op
     names it was fused from (~150 kB of a 640 kB int8 file at alpha 0.35); I/O names are kept."""
     g = proto.graph
     keep = {v.name for v in list(g.input) + list(g.output)}
     names: dict[str, str] = {}
+    counter = iter(range(1 << 62))
 
     def short(n: str) -> str:
         if not n or n in keep:
             return n
         if n not in names:
-            names[n] = f"t{len(names)}"
+            s = _short_name(next(counter))
+            while s in keep:
+                s = _short_name(next(counter))
+            names[n] = s
         return names[n]
 
     for t in g.initializer:
         t.name = short(t.name)
     for v in g.value_info:
         v.name = short(v.name)
-    for i, n in enumerate(g.node):
+    for n in g.node:
         n.input[:] = [short(x) for x in n.input]
         n.output[:] = [short(x) for x in n.output]
-        n.name = f"n{i}"
+        n.name = ""  # optional; edgetl.compact clears them anyway
 
 
 def _rename_io(proto) -> None:
@@ -504,6 +521,42 @@ def embed(ctx: ExportContext, fmt: Format, raw: bytes) -> tuple[bytes, dict]:
     return out, meta
 
 
+# ---------------------------------------------------------------------------------------------- compaction
+LOSSLESS_CHECK_IMAGES = 8
+
+
+def compact(fmt: Format, raw: bytes) -> bytes:
+    """Lossless size reductions of a converter's output (edgetl.compact), the same for every format
+    of a family so that size ratios between formats stay fair."""
+    from .compact import compact_onnx, compact_tflite
+
+    if fmt.suffix == ".tflite":
+        return compact_tflite(raw)
+    import onnx
+
+    proto = onnx.load_from_string(raw)
+    compact_onnx(proto)
+    return proto.SerializeToString()
+
+
+def compact_checked(ctx: ExportContext, fmt: Format, raw: bytes) -> bytes:
+    """compact(), then proof that it changed nothing but bytes: same I/O (names, dtypes, shapes,
+    quantization) and bit-identical outputs to the raw converter output on validation images."""
+    slim = compact(fmt, raw)
+    x = ctx.val_x[:LOSSLESS_CHECK_IMAGES]
+    if fmt.suffix == ".tflite":
+        same_io = _tflite_io(raw) == _tflite_io(slim)
+        a, b = run_tflite(raw, x)[0], run_tflite(slim, x)[0]
+    else:
+        same_io = _onnx_io(raw) == _onnx_io(slim)
+        a, b = run_onnx(raw, x)[0], run_onnx(slim, x)[0]
+    if not same_io or not np.array_equal(a, b):
+        raise ArtifactCheckError(f"{fmt.name}: the compacted file does not behave exactly like the converter's "
+                                 f"output ({'outputs differ' if same_io else 'inputs/outputs differ'}); "
+                                 "this is an edgetl bug, please report it")
+    return slim
+
+
 # ---------------------------------------------------------------------------------------------- parity
 def parity(ctx: ExportContext, fmt: Format, model: bytes, max_drop: float) -> dict:
     t0 = time.perf_counter()
@@ -587,7 +640,7 @@ def export_run(run_path, formats: str | None = None, int8: bool = False, calib: 
                 raw = CONVERTERS[fmt.name](ctx, fmt)
                 if fmt.name == "onnx-fp32":
                     ctx.cache["onnx-fp32"] = raw
-                blob, meta = embed(ctx, fmt, raw)
+                blob, meta = embed(ctx, fmt, compact_checked(ctx, fmt, raw))
                 par = parity(ctx, fmt, blob, max_drop)
             except Exception as e:  # a check failure, or a converter crash: one line, never a traceback
                 if isinstance(e, EdgetlError):

@@ -72,3 +72,81 @@ def plot_confusion(cm, classes, path: str | Path, title: str = "") -> None:
     ax.set_title(title or "confusion matrix")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+
+
+# ---------------------------------------------------------------------------------------------- run plots
+def plot_run(job: dict) -> None:
+    """The PNGs of a training run: job = {"dir", "history", "confusion_matrix", "classes", "title"}."""
+    out = Path(job["dir"])
+    plot_history(job["history"], out / "training-curves.png")
+    plot_confusion(job["confusion_matrix"], job["classes"], out / "confusion-matrix.png", title=job.get("title", ""))
+
+
+class PlotProcess:
+    """Draws a run's PNGs in a separate Python process started ahead of time.
+
+    Why a process: importing matplotlib and drawing take ~1 s of pure Python. In `edgetl train` that
+    time would sit on the critical path (a thread competes for the GIL with Keras building and saving
+    the model); a process started while the model is being built imports matplotlib on the other
+    core and draws while the model is written. If the process cannot start, the plots are drawn here.
+    """
+
+    def __init__(self):
+        import os
+        import subprocess
+        import sys
+
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)  # this edgetl, installed or not
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "edgetl.report"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        except OSError:
+            self.proc = None
+        self.job: dict | None = None
+
+    def submit(self, job: dict) -> None:
+        import json
+
+        self.job = job
+        if self.proc is not None:
+            try:
+                from .rundir import _json_default
+
+                self.proc.stdin.write(json.dumps(job, default=_json_default).encode())
+                self.proc.stdin.close()
+            except OSError:  # the process died early: draw here in wait()
+                self.proc.kill()
+                self.proc = None
+
+    def wait(self) -> None:
+        """Block until the PNGs are written; a failure raises with the helper's last error line."""
+        from .errors import EdgetlError
+
+        if self.proc is None:
+            if self.job is not None:
+                plot_run(self.job)
+            return
+        err = self.proc.stderr.read()  # stdin is closed by submit(): read to the end, then reap
+        self.proc.wait()
+        if self.proc.returncode != 0:
+            lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
+            raise EdgetlError(f"drawing the plots failed: {lines[-1] if lines else f'exit {self.proc.returncode}'}")
+
+    def close(self) -> None:
+        """Stop the process if it is still running (errors, Ctrl-C before submit)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+if __name__ == "__main__":  # the PlotProcess side: import matplotlib first, then wait for the job
+    import json
+    import sys
+
+    from matplotlib.figure import Figure  # noqa: F401  (the slow import, done while the job is made)
+
+    data = sys.stdin.buffer.read()
+    if data:
+        plot_run(json.loads(data))

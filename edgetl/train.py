@@ -87,7 +87,8 @@ class TrainConfig:
     qat_epochs: int = 2
     adapt_bn: bool = False
     feature_batch: int = 32
-    workers: int = 2  # image decoding threads
+    workers: int = 2  # image decoding (and TFLite feature) threads
+    base_cache: bool = True  # features from the backbone's cached TFLite copy (edgetl.backbone)
 
     def as_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
@@ -217,7 +218,9 @@ class Decoder:
         self.items, self.size, self.progress = list(items), size, progress
         self.results: list = [None] * len(self.items)
         self._next = 0
+        self._finished = 0
         self._lock = threading.Lock()
+        self._all_done = threading.Condition(self._lock)
         self.error: BaseException | None = None
 
     def work(self) -> None:
@@ -233,10 +236,21 @@ class Decoder:
                     self.results[i] = (datamod.load_image(path, self.size), None)
                 except datamod.ImageDecodeError as e:
                     self.results[i] = (None, {"file": path, "reason": str(e)})
+                with self._lock:
+                    self._finished += 1
+                    if self._finished == len(self.items):
+                        self._all_done.notify_all()
                 if self.progress is not None:
                     self.progress()
         except BaseException as e:  # re-raised by collect() in the caller's thread
-            self.error = e
+            with self._lock:
+                self.error = e
+                self._all_done.notify_all()
+
+    def wait_all(self) -> None:
+        """Block until every item is decoded (by whichever threads claimed them) or one failed."""
+        with self._lock:
+            self._all_done.wait_for(lambda: self._finished == len(self.items) or self.error is not None)
 
     def collect(self, start: int = 0, stop: int | None = None):
         """(pixels, labels, paths, skipped) of items[start:stop], all decoded by now."""
@@ -294,6 +308,103 @@ def augment_views(pixels: np.ndarray, view: int, seed: int, start: int = 0) -> n
     for i in range(len(pixels)):
         out[i] = augment_image(pixels[i], np.random.default_rng([seed, start + i, view]))
     return out
+
+
+class FeaturePipeline:
+    """Decode every image, then the frozen base's features of every view (train originals, val, then
+    `augment` seeded views of the training images) from the base's TFLite copy, on any number of
+    threads calling `work()` (each with its own interpreter; Pillow and the interpreter release the GIL).
+
+    The features start once `start_features(model)` is called: at once when the backbone's TFLite copy
+    is cached (the features then run while the main thread imports TensorFlow), or after the main
+    thread made the copy. `start_features(None)`: decode only (the TensorFlow features path).
+    """
+
+    CHUNK = 32
+
+    def __init__(self, items, n_train: int, size: int, spec: dict, augment: int, seed: int,
+                 on_decoded=None, on_features=None):
+        self.dec = Decoder(items, size, progress=on_decoded)
+        self.n_train, self.spec, self.augment, self.seed = n_train, spec, augment, seed
+        self.on_features = on_features
+        self._model: bytes | None = None
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+        self._tasks: list | None = None
+        self._next = 0
+        self._out: dict = {}
+        self.error: BaseException | None = None
+        self.tflite_error: str | None = None  # the TFLite base failed: use the TensorFlow path
+        self.seconds = 0.0  # thread time spent in features (all threads)
+
+    def start_features(self, model: bytes | None) -> None:
+        if not self._ready.is_set():
+            self._model = model
+            self._ready.set()
+
+    @property
+    def with_features(self) -> bool:
+        return self._ready.is_set() and self._model is not None
+
+    def split(self):
+        """((train pixels, labels, paths, skipped), (val ...)): decoded by now."""
+        return self.dec.collect(0, self.n_train), self.dec.collect(self.n_train, None)
+
+    def _claim(self):
+        with self._lock:
+            if self._tasks is None:
+                (tr, *_), (va, *_) = self.split()
+                self._px = {"train": tr, "val": va}
+                views = [("train", 0), ("val", 0)] + [("train", v) for v in range(1, self.augment + 1)]
+                self._tasks = [(which, v, s) for which, v in views
+                               for s in range(0, len(self._px[which]), self.CHUNK)]
+            i = self._next
+            self._next += 1
+        return self._tasks[i] if i < len(self._tasks) else None
+
+    def work(self) -> None:
+        try:
+            self.dec.work()
+            self._ready.wait()
+            if self._model is None or self.error is not None:
+                return
+            self.dec.wait_all()
+            base = None
+            while (task := self._claim()) is not None and self.error is None and self.tflite_error is None:
+                t = time.perf_counter()
+                which, view, s = task
+                px = self._px[which][s:s + self.CHUNK]
+                if view:
+                    px = augment_views(px, view, self.seed, s)
+                x = datamod.preprocess(px, self.spec)
+                try:
+                    base = base or backbone.TFLiteBase(self._model)
+                    self._out[task] = base(x)
+                except Exception as e:  # a cached file the runtime rejects: the caller falls back
+                    self.tflite_error = self.tflite_error or f"{type(e).__name__}: {str(e)[:120]}"
+                    return
+                with self._lock:
+                    self.seconds += time.perf_counter() - t
+                if self.on_features is not None:
+                    self.on_features(len(px))
+        except BaseException as e:  # re-raised by features() in the main thread
+            self.error = self.error or e
+            self._ready.set()
+
+    def features(self) -> tuple[np.ndarray, np.ndarray]:
+        """(train features: originals then each augmented view, val features), all computed by now."""
+        if self.error is not None:
+            raise self.error
+        n_feat = None
+        for key in self._tasks:
+            n_feat = self._out[key].shape[1]
+            break
+
+        def cat(keys):
+            arrs = [self._out[k] for k in keys]
+            return np.concatenate(arrs) if arrs else np.zeros((0, n_feat or 0), np.float32)
+
+        return (cat([k for k in self._tasks if k[0] == "train"]), cat([k for k in self._tasks if k[0] == "val"]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -391,48 +502,68 @@ class _EpochProgress:
 
 def fit_head(head_model, train_xy, val_xy, epochs: int = 30, lr: float = 1e-3, batch_size: int = 32,
              patience: int = 5, seed: int = 0, console=None, desc: str = "head") -> dict:
-    """Train the head on cached features; early stopping on val loss with best weights restored."""
+    """Train the head on cached features: Adam(lr), mean sparse cross-entropy, batches of `batch_size`
+    reshuffled (seeded) every epoch, dropout on; early stopping on val loss (`patience` epochs without
+    improvement), the best epoch's weights restored at the end.
+
+    A GradientTape loop over Keras' own layers, optimizer and loss rather than `model.fit`: on a few
+    hundred cached feature vectors an epoch is ~1 ms of arithmetic, and fit's per-epoch machinery
+    (iterator, callbacks, logs, its validation pass) cost ~35 ms, i.e. most of the head phase. One
+    traced function runs a whole epoch; validation is one direct call of the head on the val features.
+    """
     from .tfenv import tf_and_keras
 
     tf, keras = tf_and_keras()
-    _compile(head_model, lr)
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
-    # a tf.data pipeline with an unknown batch dimension: Keras traces its train step once (with numpy
-    # input it traces again for the partial last batch, ~0.5 s); seeded reshuffle every epoch
     x, y = np.asarray(train_xy[0], np.float32), np.asarray(train_xy[1], np.int64)
-    ds = (tf.data.Dataset.from_tensor_slices((x, y))
-          .shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size))
-    with _progress(console) as prog:
-        task = prog.add_task(desc, total=epochs, name=desc)
-        h = head_model.fit(ds, epochs=epochs, verbose=0,
-                           callbacks=[_val_metrics_callback(val_xy), stop, _EpochProgress.make(prog, task)])
-        prog.update(task, completed=epochs)
-    hist = _history(h.history)
-    hist["best_epoch"] = int(stop.best_epoch) + 1
-    hist["stopped_epoch"] = int(stop.stopped_epoch) + 1 if stop.stopped_epoch else None
-    return hist
-
-
-def _val_metrics_callback(val_xy):
-    """val_loss / val_accuracy of the head on cached val features, put into the epoch logs (before
-    EarlyStopping and History read them). Hand-written because Keras' own validation pass costs ~60 ms
-    per epoch on a few hundred feature vectors (more than the training epoch); one direct call of the
-    head costs ~2 ms. Same definitions as Keras: mean sparse cross-entropy (probabilities clipped to
-    1e-7) and top-1 accuracy, dropout off."""
-    from .tfenv import tf_and_keras
-
-    _, keras = tf_and_keras()
     xv, yv = np.asarray(val_xy[0], np.float32), np.asarray(val_xy[1], np.int64)
+    opt = keras.optimizers.Adam(lr)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+    variables = head_model.trainable_variables
+    opt.build(variables)  # slots made here, so the epoch function is traced once, not twice
+    shuffle = np.random.default_rng(seed)
+    n_feat = x.shape[1]
 
-    class ValMetrics(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if logs is None:
-                return
-            p = np.asarray(self.model(xv, training=False), np.float64)
-            logs["val_loss"] = float(-np.mean(np.log(np.clip(p[np.arange(len(yv)), yv], 1e-7, 1.0))))
-            logs["val_accuracy"] = float((p.argmax(1) == yv).mean())
+    # (a tf.range loop becomes one graph while-loop; iterating a tf.data set inside a tf.function
+    # instead becomes a dataset scan that costs ~50 ms per epoch here)
+    @tf.function(input_signature=[tf.TensorSpec([None, n_feat], tf.float32), tf.TensorSpec([None], tf.int64)])
+    def epoch(xs, ys):
+        total, correct = tf.constant(0.0), tf.constant(0.0)
+        for i in tf.range(0, tf.shape(xs)[0], batch_size):
+            xb, yb = xs[i:i + batch_size], ys[i:i + batch_size]
+            with tf.GradientTape() as tape:
+                pb = head_model(xb, training=True)
+                loss = loss_fn(yb, pb)
+            opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            total += loss * tf.cast(tf.shape(yb)[0], tf.float32)
+            correct += tf.reduce_sum(tf.cast(tf.equal(tf.argmax(pb, 1), yb), tf.float32))
+        return total / tf.cast(tf.shape(xs)[0], tf.float32), correct / tf.cast(tf.shape(xs)[0], tf.float32)
 
-    return ValMetrics()
+    hist: dict = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+    best_loss, best_epoch, best_weights, wait, stopped = np.inf, 0, None, 0, None
+    with _progress(console) as prog:
+        task = prog.add_task(desc, total=epochs)
+        for e in range(epochs):
+            order = shuffle.permutation(len(x))  # seeded reshuffle every epoch
+            loss, acc = (float(v) for v in epoch(x[order], y[order]))
+            pv = np.asarray(head_model(xv, training=False), np.float64)
+            val_loss = float(-np.mean(np.log(np.clip(pv[np.arange(len(yv)), yv], 1e-7, 1.0)))) if len(yv) else 0.0
+            val_acc = float((pv.argmax(1) == yv).mean()) if len(yv) else 0.0
+            for k, v in (("loss", loss), ("accuracy", acc), ("val_loss", val_loss), ("val_accuracy", val_acc)):
+                hist[k].append(v)
+            prog.update(task, advance=1, description=f"{desc} loss {loss:.3f} val_acc {val_acc:.3f}")
+            if val_loss < best_loss:
+                best_loss, best_epoch, best_weights, wait = val_loss, e, head_model.get_weights(), 0
+            else:
+                wait += 1
+                if wait >= patience:
+                    stopped = e
+                    break
+        prog.update(task, completed=epochs)
+    if best_weights is not None:
+        head_model.set_weights(best_weights)
+    hist["best_epoch"] = best_epoch + 1
+    hist["stopped_epoch"] = stopped + 1 if stopped is not None else None
+    return hist
 
 
 def _history(h: dict) -> dict:
@@ -651,16 +782,44 @@ def _native_logs_aside(console):
         log.close()
 
 
+def _base_model(cfg: TrainConfig, p: Prepared, weights: dict, tr_px, va_px, va_y, spec: dict, console):
+    """(frozen base, head model or None, --from info or None, weights record): a new MobileNetV2, or
+    the --from run's model split into base and head (evaluated on the new data first)."""
+    from .tfenv import set_seed, tf_and_keras
+
+    _, keras = tf_and_keras()
+    set_seed(cfg.seed)
+    keras.backend.clear_session()
+    set_seed(cfg.seed)
+    from_info = None
+    if p.from_meta is not None:
+        model = load_run_model(cfg.from_run)
+        base, head_model = split_model(model)
+        acc0, cm0 = evaluate(model, va_px, va_y, spec, cfg.feature_batch)
+        from_info = {"run": str(Path(cfg.from_run).resolve()), "classes": list(p.from_meta["classes"]),
+                     "val_accuracy_before": acc0, "confusion_matrix_before": cm0,
+                     "source_val_accuracy": p.from_meta.get("metrics", {}).get("val_accuracy")}
+        weights = dict(p.from_meta.get("weights") or weights)
+        console.print(f"--from {cfg.from_run}: val accuracy on the new data before any update: [bold]{acc0:.3f}[/]")
+    else:
+        base = backbone.build_base(p.alpha, p.image_size, weights["path"])
+        head_model = None
+        if weights["source"] == "random":
+            weights["bn_statistics_from_images"] = calibrate_random_bn(base, tr_px, spec, seed=cfg.seed)
+    base.trainable = False
+    return base, head_model, from_info, weights
+
+
 def train(cfg: TrainConfig, console=None, prepared: Prepared | None = None) -> TrainResult:
     """The whole `edgetl train`: validate, decode, features, head, fine-tune/QAT hooks, write the run."""
     from rich.console import Console
 
     console = console or Console(stderr=True)
-    with _native_logs_aside(console):
-        return _train(cfg, console, prepared)
+    with _native_logs_aside(console), contextlib.ExitStack() as cleanup:
+        return _train(cfg, console, prepared, cleanup)
 
 
-def _train(cfg: TrainConfig, console, prepared: Prepared | None) -> TrainResult:
+def _train(cfg: TrainConfig, console, prepared: Prepared | None, cleanup: contextlib.ExitStack) -> TrainResult:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -678,55 +837,81 @@ def _train(cfg: TrainConfig, console, prepared: Prepared | None) -> TrainResult:
     if p.from_meta is None:  # mirror / Keras cache / local file: instant; a download fails before any work
         weights = backbone.resolve_weights(cfg.weights, alpha, size)
     t = lap("weights", t)
-    # Decode on one background thread while the main thread imports TensorFlow (~5 s, one core; it
-    # must be the main thread: tf_keras keeps thread-local state set at import time, e.g. the .keras
-    # saving format), then the main thread helps with what is left: both cores busy, neither oversubscribed.
+    # The main thread imports TensorFlow (~3 s of one core; it must be the main thread: tf_keras keeps
+    # thread-local state set at import time, e.g. the .keras saving format) and builds the Keras base,
+    # while a background thread decodes the images and, when the backbone's TFLite copy is cached,
+    # computes every base feature with it: both cores busy, neither oversubscribed. Without a cached
+    # copy the main thread makes one (~1 s) after building the base; the features then run on both.
     from .tfenv import set_seed, tf_and_keras
 
+    key = None
+    if cfg.base_cache and p.from_meta is None and not cfg.adapt_bn:  # those change the base: TF features
+        key = backbone.base_cache_key(weights, alpha, size)
+    feat_info: dict = {"engine": "tensorflow", "base_cache": None}
     n_tr = len(split.train)
+    views = "+".join(["orig"] + ([f"{cfg.augment} aug"] if cfg.augment else []))
     with _progress(console) as prog:
-        task = prog.add_task("decode images", total=n_tr + len(split.val))
-        dec = Decoder(split.train + split.val, size, progress=lambda: prog.advance(task))
-        helpers = [threading.Thread(target=dec.work, daemon=True) for _ in range(max(1, cfg.workers) - 1)]
+        t_dec = prog.add_task("decode images", total=n_tr + len(split.val))
+        t_feat = prog.add_task(f"base features ({views})", total=(n_tr * (1 + cfg.augment) + len(split.val)),
+                               visible=key is not None)
+        pipe = FeaturePipeline(split.train + split.val, n_tr, size, spec, cfg.augment, cfg.seed,
+                               on_decoded=lambda: prog.advance(t_dec),
+                               on_features=lambda n: prog.advance(t_feat, n))
+        if key is not None:
+            cached, why = backbone.read_base_cache(key)
+            feat_info = {"engine": "tflite", "base_cache": str(backbone.base_cache_path(key)),
+                         "base_cache_status": "hit" if cached else why}
+            if cached is not None:
+                pipe.start_features(cached)
+        else:
+            pipe.start_features(None)
+        helpers = [threading.Thread(target=pipe.work, daemon=True) for _ in range(max(1, cfg.workers) - 1)]
         for th in helpers:
             th.start()
-        tf, keras = tf_and_keras()
-        t = lap("import_tensorflow", t)
-        dec.work()
-        for th in helpers:
-            th.join()
-    (tr_px, tr_y, tr_paths, tr_skip) = dec.collect(0, n_tr)
-    (va_px, va_y, va_paths, va_skip) = dec.collect(n_tr, None)
-    skipped = list(split.ignored) + tr_skip + va_skip
-    for name, ys in (("train", tr_y), ("val", va_y)):
-        missing = [c for i, c in enumerate(split.classes) if not (ys == i).any()]
-        if missing:
-            raise EdgetlError(f"DATA {cfg.data}: no decodable {name} images for class(es) {missing} "
-                              f"({len(skipped)} file(s) skipped: "
-                              f"{', '.join(Path(s['file']).name for s in skipped[:5])})")
-    t = lap("decode", t)  # decoding left after the TensorFlow import (the rest ran during it)
-    set_seed(cfg.seed)
-    keras.backend.clear_session()
-    set_seed(cfg.seed)
-
+        try:
+            tf, keras = tf_and_keras()
+            t = lap("import_tensorflow", t)
+            if key is not None:  # build while the helper finishes decoding and features (no bar of its own)
+                base, head_model, from_info, weights = _base_model(cfg, p, weights, None, None, None, spec, console)
+                t = lap("build_model", t)
+            pipe.dec.work()  # help with any decoding left
+            pipe.dec.wait_all()
+            (tr_px, tr_y, tr_paths, tr_skip), (va_px, va_y, va_paths, va_skip) = pipe.split()
+            skipped = list(split.ignored) + tr_skip + va_skip
+            for name, ys in (("train", tr_y), ("val", va_y)):
+                missing = [c for i, c in enumerate(split.classes) if not (ys == i).any()]
+                if missing:
+                    raise EdgetlError(f"DATA {cfg.data}: no decodable {name} images for class(es) {missing} "
+                                      f"({len(skipped)} file(s) skipped: "
+                                      f"{', '.join(Path(s['file']).name for s in skipped[:5])})")
+            prog.update(t_feat, total=len(tr_px) * (1 + cfg.augment) + len(va_px))
+            t = lap("decode", t)  # decoding left by then (the rest ran during the import)
+            if key is not None and not pipe.with_features:  # first run on this backbone: cache its base
+                check_x = datamod.preprocess(tr_px[:4], spec)
+                made, why = backbone.write_base_cache(base, key, check_x)
+                feat_info["base_cache_status"] = why or "created"
+                if made is None:
+                    feat_info["engine"] = "tensorflow"
+                    console.print(f"[yellow]note[/]: base features through TensorFlow ({why})")
+                pipe.start_features(made)
+                t = lap("base_cache", t)
+            if pipe.with_features:
+                pipe.work()  # the main thread helps with the features left
+                for th in helpers:
+                    th.join()
+                if pipe.tflite_error is None:
+                    f_tr, f_va = pipe.features()
+                    feat_info["thread_seconds"] = round(pipe.seconds, 3)
+                else:
+                    feat_info.update(engine="tensorflow", base_cache_status=f"failed: {pipe.tflite_error}")
+                    console.print(f"[yellow]note[/]: cached TFLite base failed ({pipe.tflite_error}); "
+                                  f"base features through TensorFlow")
+        finally:
+            pipe.start_features(None)  # never leave a helper waiting (errors, Ctrl-C)
+    if key is None:  # --from runs evaluate with their own progress bar: outside the one above
+        base, head_model, from_info, weights = _base_model(cfg, p, weights, tr_px, va_px, va_y, spec, console)
+        t = lap("build_model", t)
     metrics: dict = {}
-    from_info = None
-    if p.from_meta is not None:
-        model = load_run_model(cfg.from_run)
-        base, head_model = split_model(model)
-        acc0, cm0 = evaluate(model, va_px, va_y, spec, cfg.feature_batch)
-        from_info = {"run": str(Path(cfg.from_run).resolve()), "classes": list(p.from_meta["classes"]),
-                     "val_accuracy_before": acc0, "confusion_matrix_before": cm0,
-                     "source_val_accuracy": p.from_meta.get("metrics", {}).get("val_accuracy")}
-        weights = dict(p.from_meta.get("weights") or weights)
-        console.print(f"--from {cfg.from_run}: val accuracy on the new data before any update: [bold]{acc0:.3f}[/]")
-    else:
-        base = backbone.build_base(alpha, size, weights["path"])
-        head_model = None
-        if weights["source"] == "random":
-            weights["bn_statistics_from_images"] = calibrate_random_bn(base, tr_px, spec, seed=cfg.seed)
-    base.trainable = False
-    t = lap("build_model", t)
 
     adapt_info = None
     if cfg.adapt_bn:
@@ -755,21 +940,24 @@ def _train(cfg: TrainConfig, console, prepared: Prepared | None) -> TrainResult:
                           f"{from_info['val_accuracy_before']:.3f} -> [bold]{acc_ad:.3f}[/]")
         t = lap("adapt_bn", t)
 
-    # features: computed once (originals + N augmented views of the training images), cached for the run
-    n_feat = len(tr_px) * (1 + cfg.augment) + len(va_px)
-    with _progress(console) as prog:
-        task = prog.add_task(f"base features ({'+'.join(['orig'] + ([f'{cfg.augment} aug'] if cfg.augment else []))})",
-                             total=n_feat)
-        adv = lambda n: prog.advance(task, n)  # noqa: E731
-        f_tr = [compute_features(base, tr_px, spec, cfg.feature_batch, progress=adv)]
-        f_va = compute_features(base, va_px, spec, cfg.feature_batch, progress=adv)
-        for v in range(1, cfg.augment + 1):
-            for s in range(0, len(tr_px), 256):  # augment in chunks: bounded memory
-                f_tr.append(compute_features(base, augment_views(tr_px[s:s + 256], v, cfg.seed, s), spec,
-                                             cfg.feature_batch, progress=adv))
-    f_tr = np.concatenate(f_tr)
+    if feat_info["engine"] == "tensorflow":  # --from / --adapt-bn / random weights / --no-base-cache
+        n_feat = len(tr_px) * (1 + cfg.augment) + len(va_px)
+        with _progress(console) as prog:
+            task = prog.add_task(f"base features ({views})", total=n_feat)
+            adv = lambda n: prog.advance(task, n)  # noqa: E731
+            f_tr = [compute_features(base, tr_px, spec, cfg.feature_batch, progress=adv)]
+            f_va = compute_features(base, va_px, spec, cfg.feature_batch, progress=adv)
+            for v in range(1, cfg.augment + 1):
+                for s in range(0, len(tr_px), 256):  # augment in chunks: bounded memory
+                    f_tr.append(compute_features(base, augment_views(tr_px[s:s + 256], v, cfg.seed, s), spec,
+                                                 cfg.feature_batch, progress=adv))
+        f_tr = np.concatenate(f_tr)
     y_tr_all = np.tile(tr_y, 1 + cfg.augment)
     t = lap("features", t)
+    from .report import PlotProcess
+
+    plotter = PlotProcess()  # imports matplotlib on the other core while the head trains
+    cleanup.callback(plotter.close)  # with a cached TFLite base: only what was left after the TensorFlow import
 
     if head_model is None:
         head_model = build_head(f_tr.shape[1], n_classes, cfg.head, cfg.dropout, cfg.seed)
@@ -829,6 +1017,7 @@ def _train(cfg: TrainConfig, console, prepared: Prepared | None) -> TrainResult:
         "history": history,
         "metrics": metrics,
         "timings": timings,
+        "features": feat_info,
         "versions": rundir.versions("numpy", "pillow", "tensorflow", "tf-keras",
                                     "tensorflow-model-optimization", "rich", "typer", "matplotlib"),
         "model": {"input": [None, size, size, 3], "output": [None, n_classes], "head": cfg.head,
@@ -841,27 +1030,11 @@ def _train(cfg: TrainConfig, console, prepared: Prepared | None) -> TrainResult:
 
     out = Path(cfg.out)
     with rundir.atomic_dir(out, overwrite=cfg.overwrite) as tmp:
-        from . import report
-
-        plot_errors: list[BaseException] = []
-
-        def plots():  # matplotlib (Figure API, no pyplot) draws while Keras writes the model
-            try:
-                report.plot_history(history, tmp / "training-curves.png")
-                report.plot_confusion(cm, split.classes, tmp / "confusion-matrix.png",
-                                      title=f"val accuracy {acc:.3f}")
-            except BaseException as e:  # re-raised below, in the main thread
-                plot_errors.append(e)
-
-        plotter = threading.Thread(target=plots, daemon=True)
-        plotter.start()
-        try:
-            model.save(tmp / rundir.MODEL_FILE, save_format="keras")
-            (tmp / rundir.LABELS_FILE).write_text("\n".join(split.classes) + "\n")
-        finally:
-            plotter.join()
-        if plot_errors:
-            raise plot_errors[0]
+        plotter.submit({"dir": str(tmp), "history": history, "confusion_matrix": cm, "classes": list(split.classes),
+                        "title": f"val accuracy {acc:.3f}"})
+        model.save(tmp / rundir.MODEL_FILE, save_format="keras")
+        (tmp / rundir.LABELS_FILE).write_text("\n".join(split.classes) + "\n")
+        plotter.wait()
         timings["save"] = round(time.perf_counter() - t, 3)
         timings["total"] = round(time.perf_counter() - t0, 3)
         rundir.write_json(tmp / rundir.META_FILE, meta)

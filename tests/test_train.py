@@ -21,7 +21,7 @@ TINY = {"weights": "random", "alpha": 0.35, "image_size": 32, "epochs": 8}
 QUIET = Console(stderr=True, quiet=True)
 META_KEYS = {"edgetl_version", "created", "classes", "image_size", "alpha", "preprocessing", "weights", "seed",
              "config", "split", "skipped", "history", "metrics", "timings", "versions", "qat", "qat_info",
-             "from_run", "adapt"}
+             "from_run", "adapt", "features"}
 
 
 def _train(data, out, **kw):
@@ -126,7 +126,7 @@ def test_failure_while_writing_leaves_no_partial_run_and_keeps_the_old_one(tiny_
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(report, "plot_confusion", boom)
+    monkeypatch.setattr(report.PlotProcess, "wait", boom)  # after the model file is written
     with pytest.raises(RuntimeError, match="disk full"):
         _train(tiny_folder, tmp_path / "fresh", epochs=1)
     with pytest.raises(RuntimeError, match="disk full"):
@@ -148,7 +148,7 @@ def test_ctrl_c_through_the_cli_keeps_the_old_run(tiny_run, tiny_folder, tmp_pat
     def interrupt(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(report, "plot_history", interrupt)
+    monkeypatch.setattr(report.PlotProcess, "wait", interrupt)  # Ctrl-C while the run is being written
     r = CliRunner().invoke(app, ["train", str(tiny_folder), "--out", str(old), "--overwrite", "--weights", "random",
                                  "--alpha", "0.35", "--image-size", "32", "--epochs", "1"])
     assert r.exit_code == 130 and "interrupted" in r.output
@@ -273,6 +273,124 @@ def test_adapt_and_qat_hooks_are_called(tiny_folder, tmp_path, monkeypatch):
     assert calls["qat"] == (np.uint8, 16, 8, 1)
     assert res.meta["qat"] is True and res.meta["qat_info"]["epochs"] == 1
     assert res.meta["adapt"]["bn"] is True and "qat" in res.meta["metrics"]
+
+
+# ---- the backbone's cached TFLite base (features while TensorFlow imports) ------------------------------
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A weights file of a random alpha-0.35 MobileNetV2: stands in for ImageNet weights (it has a sha256,
+    so its base is cached like theirs)."""
+    from edgetl.tfenv import tf_and_keras
+
+    _, keras = tf_and_keras()
+    base = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, include_top=False,
+                                          weights=None, pooling="avg")
+    path = tmp_path_factory.mktemp("weights") / "random-a0.35.h5"
+    base.save_weights(str(path))
+    return path
+
+
+def _val_accuracy_of_saved_model(run_dir: Path) -> float:
+    from edgetl import data as D, train as T
+
+    run = rundir.Run(run_dir)
+    px, y, _, _ = D.load_batch(run.split_items("val"), run.image_size)
+    return T.evaluate(T.load_run_model(run_dir), px, y, run.preprocessing)[0]
+
+
+def test_base_cache_is_made_once_then_used_with_the_same_result(tiny_folder, tiny_weights, tmp_path, monkeypatch):
+    from edgetl import artifact, backbone
+
+    monkeypatch.setenv("EDGETL_CACHE_DIR", str(tmp_path / "cache"))
+    kw = {"weights": str(tiny_weights), "image_size": 96}
+    first = _train(tiny_folder, tmp_path / "first", **kw).meta
+    feats = first["features"]
+    assert feats["engine"] == "tflite" and feats["base_cache_status"] == "created"
+    cached = Path(feats["base_cache"])
+    assert cached.parent == tmp_path / "cache" / "bases" and cached.is_file()
+    key = artifact.read_tflite_meta(cached.read_bytes())
+    assert key == backbone.base_cache_key(first["weights"], 0.35, 96)  # the file says what it is
+    second = _train(tiny_folder, tmp_path / "second", **kw).meta
+    assert second["features"]["base_cache_status"] == "hit"
+    assert second["metrics"]["val_accuracy"] == first["metrics"]["val_accuracy"]
+    assert np.allclose(second["history"]["head"]["val_loss"], first["history"]["head"]["val_loss"], atol=1e-6)
+    # the TensorFlow path gives the same model (features agree to ~1e-5)
+    tf_path = _train(tiny_folder, tmp_path / "tf", base_cache=False, **kw).meta
+    assert tf_path["features"] == {"engine": "tensorflow", "base_cache": None}
+    assert tf_path["metrics"]["val_accuracy"] == first["metrics"]["val_accuracy"]
+    assert np.allclose(tf_path["history"]["head"]["val_loss"], first["history"]["head"]["val_loss"], atol=1e-3)
+    # the saved Keras model (TensorFlow end to end) reproduces what the run recorded from TFLite features
+    assert _val_accuracy_of_saved_model(tmp_path / "second") == pytest.approx(second["metrics"]["val_accuracy"])
+
+
+def test_damaged_or_foreign_cache_file_is_rebuilt(tiny_folder, tiny_weights, tmp_path, monkeypatch):
+    from edgetl import artifact, backbone
+
+    monkeypatch.setenv("EDGETL_CACHE_DIR", str(tmp_path / "cache"))
+    kw = {"weights": str(tiny_weights), "image_size": 96, "epochs": 2}
+    good = _train(tiny_folder, tmp_path / "good", **kw).meta
+    cached = Path(good["features"]["base_cache"])
+    valid = cached.read_bytes()
+    other_key = {**artifact.read_tflite_meta(valid), "weights_sha256": "0" * 64}
+    for bad in (b"not a flatbuffer", valid[: len(valid) // 2], artifact.embed_tflite(valid, other_key)):
+        cached.write_bytes(bad)
+        meta = _train(tiny_folder, tmp_path / "again", overwrite=True, **kw).meta
+        assert meta["features"]["base_cache_status"] == "created", meta["features"]
+        assert meta["metrics"]["val_accuracy"] == good["metrics"]["val_accuracy"]
+        assert backbone.read_base_cache(backbone.base_cache_key(good["weights"], 0.35, 96))[0] is not None
+
+
+def test_unwritable_cache_or_failing_runtime_still_trains(tiny_folder, tiny_weights, tmp_path, monkeypatch):
+    from edgetl import backbone
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("EDGETL_CACHE_DIR", str(blocker / "cache"))  # cannot be created
+    kw = {"weights": str(tiny_weights), "image_size": 96, "epochs": 2}
+    meta = _train(tiny_folder, tmp_path / "ro", **kw).meta
+    assert meta["features"]["engine"] == "tflite"
+    assert meta["features"]["base_cache_status"].startswith("not cached:")
+
+    def broken(*a, **k):
+        raise RuntimeError("delegate refused the model")
+
+    monkeypatch.setattr(backbone, "TFLiteBase", broken)
+    meta2 = _train(tiny_folder, tmp_path / "broken", **kw).meta
+    assert meta2["features"]["engine"] == "tensorflow"
+    assert "delegate refused the model" in meta2["features"]["base_cache_status"]
+    assert meta2["metrics"]["val_accuracy"] == meta["metrics"]["val_accuracy"]
+
+
+def test_fit_head_restores_the_best_epoch():
+    from edgetl import train as T
+
+    rng = np.random.default_rng(0)
+    x, xv = rng.normal(size=(64, 16)).astype(np.float32), rng.normal(size=(40, 16)).astype(np.float32)
+    y, yv = (x[:, 0] > 0).astype(np.int64), rng.integers(0, 2, 40)  # val labels are noise: val loss rises
+    head = T.build_head(16, 2, dropout=0.0)
+    hist = T.fit_head(head, (x, y), (xv, yv), epochs=40, lr=0.05, batch_size=8, patience=3, console=QUIET)
+    assert hist["stopped_epoch"] is not None and hist["stopped_epoch"] < 40
+    best = int(np.argmin(hist["val_loss"]))
+    assert hist["best_epoch"] == best + 1 and hist["stopped_epoch"] == best + 1 + 3
+    p = np.asarray(head(xv, training=False), np.float64)
+    assert -np.mean(np.log(np.clip(p[np.arange(40), yv], 1e-7, 1))) == pytest.approx(hist["val_loss"][best], rel=1e-5)
+    assert hist["loss"][-1] < hist["loss"][0]  # it did learn the training set
+
+
+def test_plot_process_failure_is_one_line(tmp_path):
+    from edgetl.report import PlotProcess
+
+    ok = PlotProcess()
+    ok.submit({"dir": str(tmp_path), "history": {"head": {"loss": [1.0, 0.5], "val_loss": [1.1, 0.9]}},
+               "confusion_matrix": [[3, 1], [0, 4]], "classes": ["a", "b"], "title": "t"})
+    ok.wait()
+    assert (tmp_path / "training-curves.png").stat().st_size > 1000
+    assert (tmp_path / "confusion-matrix.png").read_bytes()[:4] == b"\x89PNG"
+    bad = PlotProcess()
+    bad.submit({"dir": str(tmp_path / "missing"), "history": {}, "confusion_matrix": [[1]], "classes": ["a"]})
+    with pytest.raises(EdgetlError, match=r"^drawing the plots failed: .*missing") as e:
+        bad.wait()
+    assert "\n" not in str(e.value)
 
 
 # ---- integration: shared hymenoptera data and alpha 0.35 weights ---------------------------------------
