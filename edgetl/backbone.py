@@ -128,20 +128,17 @@ def feature_fn(base, batch_size: int = 32):
     return f
 
 
-def extract_features(base, pixels: np.ndarray | None, spec: dict | None, batch_size: int = 32, progress=None,
-                     x: np.ndarray | None = None) -> np.ndarray:
-    """Base features of uint8 pixels (N,H,W,3) preprocessed with `spec` (or of already preprocessed
-    float inputs `x`), in batches."""
+def extract_features(base, pixels: np.ndarray, spec: dict, batch_size: int = 32, progress=None) -> np.ndarray:
+    """Base features of uint8 pixels (N,H,W,3), preprocessed with `spec`, in batches."""
     from .data import preprocess
 
     f = feature_fn(base)
     out = []
-    n = len(x) if x is not None else len(pixels)
-    for i in range(0, n, batch_size):
-        xb = x[i:i + batch_size] if x is not None else preprocess(pixels[i:i + batch_size], spec)
-        out.append(np.asarray(f(xb)))
+    for i in range(0, len(pixels), batch_size):
+        x = preprocess(pixels[i:i + batch_size], spec)
+        out.append(np.asarray(f(x)))
         if progress is not None:
-            progress(len(xb))
+            progress(len(x))
     if not out:
         return np.zeros((0, int(base.output_shape[-1])), np.float32)
     return np.concatenate(out).astype(np.float32)
@@ -224,7 +221,9 @@ def write_base_cache(base, key: dict, check_x: np.ndarray) -> tuple[bytes | None
     except Exception as e:  # the TensorFlow features path still works: report and go on without a cache
         return None, f"TFLite conversion failed ({type(e).__name__})"
     buf = embed_tflite(bytes(raw), key)
-    want = extract_features(base, None, None, x=check_x)
+    # the reference: the function just traced for the converter (a new tf.function would trace again)
+    want = np.concatenate([np.asarray(serve(check_x[i:i + 1])) for i in range(len(check_x))]) if len(check_x) \
+        else np.zeros((0, 0), np.float32)
     try:
         got = TFLiteBase(buf)(check_x)
     except Exception as e:  # the runtime rejects the file: TensorFlow features instead
