@@ -212,12 +212,15 @@ def write_base_cache(base, key: dict, check_x: np.ndarray) -> tuple[bytes | None
     def serve(x):
         return base(x, training=False)
 
-    # a bare tf.Module as the trackable object: with the Keras model the converter re-traces every
-    # layer for a temporary SavedModel (~15 s instead of ~1 s)
+    # a bare tf.Module as the trackable object (with the Keras model the converter would re-trace every
+    # layer), and the frozen-graph path instead of a temporary SavedModel: 0.5 s instead of 1.3 s here,
+    # the same flatbuffer
     holder = tf.Module()
     holder.serve = serve
     try:
-        raw = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], holder).convert()
+        conv = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], holder)
+        conv.experimental_lower_to_saved_model = False
+        raw = conv.convert()
     except Exception as e:  # the TensorFlow features path still works: report and go on without a cache
         return None, f"TFLite conversion failed ({type(e).__name__})"
     buf = embed_tflite(bytes(raw), key)

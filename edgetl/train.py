@@ -27,10 +27,12 @@ Public Python API (export, compare and adapt build on it; the CLI is a thin wrap
 Model input = preprocessed float32 NHWC in [-1, 1] (edgetl.data.preprocess); output = softmax
 probabilities (N, n_classes). Head layers are named "head_*" so split_model can find them.
 
-Where the time goes (hymenoptera, alpha 0.35, 224 px, 2 cores): importing TensorFlow (~4-5 s, images
-decode meanwhile on the other core), building the base (~1 s), base features for every image once
-(~2 s), the head on cached features (~1 s; Keras fit, validation on cached features by a callback),
-saving (~1 s). The seed recipe instead recomputes the base for every image in every epoch.
+Where the time goes (hymenoptera, alpha 0.35, 224 px, 2 cores, ~5.4 s in all): the main thread
+imports TensorFlow (~2.4 s) and builds the Keras base (~1.1 s) while a second thread decodes the images
+and computes their base features with the backbone's cached TFLite copy (FeaturePipeline; the copy is
+made once per backbone, edgetl.backbone); the head trains on the cached features (~0.6 s, a GradientTape
+loop); the run is written (~0.5 s) while a helper process draws the PNGs (edgetl.report.PlotProcess).
+The seed recipe instead recomputes the base for every image in every epoch.
 Hooks (CONTRACTS.md): --qat -> edgetl.qat.qat_phase, --adapt-bn -> edgetl.adapt.adapt_bn.
 """
 
@@ -842,7 +844,7 @@ def _train(cfg: TrainConfig, console, prepared: Prepared | None, cleanup: contex
     # while a background thread decodes the images and, when the backbone's TFLite copy is cached,
     # computes every base feature with it: both cores busy, neither oversubscribed. Without a cached
     # copy the main thread makes one (~1 s) after building the base; the features then run on both.
-    from .tfenv import set_seed, tf_and_keras
+    from .tfenv import tf_and_keras
 
     key = None
     if cfg.base_cache and p.from_meta is None and not cfg.adapt_bn:  # those change the base: TF features
@@ -869,7 +871,7 @@ def _train(cfg: TrainConfig, console, prepared: Prepared | None, cleanup: contex
         for th in helpers:
             th.start()
         try:
-            tf, keras = tf_and_keras()
+            tf_and_keras()
             t = lap("import_tensorflow", t)
             if key is not None:  # build while the helper finishes decoding and features (no bar of its own)
                 base, head_model, from_info, weights = _base_model(cfg, p, weights, None, None, None, spec, console)
