@@ -50,12 +50,24 @@ def parse_threads(spec: str | None) -> list[int] | None:
     return list(dict.fromkeys(out))
 
 
+def _packaged_devices() -> Path | None:
+    """The profiles installed with the package (pyproject maps devices/ to edgetl.devices)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("edgetl.devices")
+    locs = list(spec.submodule_search_locations or []) if spec is not None else []
+    return Path(locs[0]) if locs else None
+
+
 def device_dirs() -> list[Path]:
     dirs = []
     if os.environ.get("EDGETL_DEVICES"):
         dirs.append(Path(os.environ["EDGETL_DEVICES"]))
     dirs += [REPO_DEVICES, Path.cwd() / "devices"]
-    return [d for d in dict.fromkeys(dirs) if d.is_dir()]
+    packaged = _packaged_devices()
+    if packaged is not None:
+        dirs.append(packaged)
+    return [d for d in dict.fromkeys(d.resolve() for d in dirs) if d.is_dir()]
 
 
 def available_devices() -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import os
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,30 @@ def test_bench_on_exported_hymenoptera_run_matches_export_parity(exported_run, t
     r = runner.invoke(app, ["predict", str(exported_run / "model-int8.tflite"),
                             str(Path(res["rows"][0]["file"]).parent / "edgetl.json"), "--json"])
     assert r.exit_code == 2 and "no readable images" in r.stderr  # a JSON file is not an image: skipped, counted
+
+
+def test_wheel_ships_the_device_profiles(tmp_path):
+    """`pip install edgetl` on a Pi (no repo checkout) still knows --device rpi4: the wheel carries
+    devices/ as edgetl.devices, and the bench finds the profiles there."""
+    import subprocess
+    import sys
+    import zipfile
+
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "whl"), str(repo)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = (tmp_path / "whl").glob("edgetl-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(tmp_path / "site")
+    repo_profiles = sorted(p.name for p in (repo / "devices").glob("*.toml"))
+    assert sorted(p.name for p in (tmp_path / "site" / "edgetl" / "devices").glob("*.toml")) == repo_profiles
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from edgetl import bench; "
+            "print(bench.available_devices()); print(bench.load_device('rpi4')['file'])")
+    env = {k: v for k, v in os.environ.items() if k != "EDGETL_DEVICES"}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "site")], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    names, rpi4 = out.stdout.strip().splitlines()
+    assert names == str([Path(n).stem for n in repo_profiles])
+    assert Path(rpi4).resolve() == (tmp_path / "site" / "edgetl" / "devices" / "rpi4.toml").resolve()

@@ -1,0 +1,1 @@
+"""Device profiles for `edgetl bench --device NAME` (installed with the package as edgetl.devices)."""
