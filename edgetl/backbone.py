@@ -184,23 +184,32 @@ def read_base_cache(key: dict) -> tuple[bytes | None, str]:
     """(model bytes, "") if a valid cached base for `key` exists, else (None, why not)."""
     from .artifact import is_tflite, read_tflite_meta
 
+    import hashlib
+
     path = base_cache_path(key)
     try:
         buf = path.read_bytes()
+        digest = _digest_path(path).read_text().strip()
     except FileNotFoundError:
         return None, "not cached yet"
     except OSError as e:
         return None, f"{path}: {e.strerror}"
-    try:
-        ok = is_tflite(buf) and read_tflite_meta(buf) == key
+    try:  # the sidecar sha256 catches any change to the file; the embedded key, a file for another base
+        ok = hashlib.sha256(buf).hexdigest() == digest and is_tflite(buf) and read_tflite_meta(buf) == key
     except Exception:  # a damaged file: rebuilt by the caller
         ok = False
     return (buf, "") if ok else (None, f"{path} is damaged or for another backbone: rebuilt")
 
 
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
 def write_base_cache(base, key: dict, check_x: np.ndarray) -> tuple[bytes | None, str]:
     """Convert the frozen Keras base to TFLite, check it on `check_x` (preprocessed images) against
     the Keras base, store it atomically in the cache. Returns (bytes, "") or (None, why not used)."""
+    import hashlib
+
     from .artifact import embed_tflite
     from .rundir import write_bytes
     from .tfenv import tf_and_keras
@@ -237,7 +246,8 @@ def write_base_cache(base, key: dict, check_x: np.ndarray) -> tuple[bytes | None
     path = base_cache_path(key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes(path, buf)
+        write_bytes(path, buf)  # (each write atomic; a crash between the two leaves a mismatch: rebuilt)
+        write_bytes(_digest_path(path), (hashlib.sha256(buf).hexdigest() + "\n").encode())
     except OSError as e:  # a read-only home still trains (and uses the converted copy this time)
         return buf, f"not cached: {path.parent}: {e.strerror}"
     return buf, ""

@@ -332,7 +332,9 @@ def test_damaged_or_foreign_cache_file_is_rebuilt(tiny_folder, tiny_weights, tmp
     cached = Path(good["features"]["base_cache"])
     valid = cached.read_bytes()
     other_key = {**artifact.read_tflite_meta(valid), "weights_sha256": "0" * 64}
-    for bad in (b"not a flatbuffer", valid[: len(valid) // 2], artifact.embed_tflite(valid, other_key)):
+    mid = len(valid) // 2
+    flipped = valid[:mid] + bytes([valid[mid] ^ 0x10]) + valid[mid + 1:]  # one bit in the weights: key still valid
+    for bad in (b"not a flatbuffer", valid[:mid], flipped, artifact.embed_tflite(valid, other_key)):
         cached.write_bytes(bad)
         meta = _train(tiny_folder, tmp_path / "again", overwrite=True, **kw).meta
         assert meta["features"]["base_cache_status"] == "created", meta["features"]
