@@ -15,7 +15,10 @@ for the per-channel weights and biases, 17 kB tensor names):
   offset to a vector; nothing says two fields may not hold the same offset);
 - Buffer.data honours the schema's `force_align: 16` (the generated Python packer aligns it to 1).
 
-ONNX (QDQ from tf2onnx; names are already short, see export._shorten_names):
+ONNX (QDQ from tf2onnx):
+- shorten_onnx_names: internal tensor names become one or two characters (converted from TFLite,
+  every tensor carries the chain of TF op names it was fused from: ~150 kB of a 640 kB int8 file at
+  alpha 0.35); graph input/output names are kept;
 - DequantizeLinear zero points that are all zero are dropped (the input is optional and defaults to
   zero of x's type, ONNX spec), and initializers nothing uses any more are removed;
 - node names are cleared (an optional field; names are tensor names, which stay);
@@ -205,6 +208,50 @@ def compact_onnx(proto, derive_bias_scales: bool = True) -> None:
         gin = [v for v in g.input if v.name in used or v.name not in inits]
         del g.input[:]
         g.input.extend(gin)
+
+
+_NAME_CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _short_name(i: int) -> str:
+    """0 -> "0", 61 -> "Z", 62 -> "10": one or two characters for the few hundred tensors of a model."""
+    s = ""
+    while True:
+        i, r = divmod(i, len(_NAME_CHARS))
+        s = _NAME_CHARS[r] + s
+        if i == 0:
+            return s
+
+
+def shorten_onnx_names(proto) -> None:
+    """Short internal tensor names (in place); graph input/output names are kept. Separate from
+    compact_onnx, which keeps names (so its changes can be traced by name)."""
+    import itertools
+
+    g = proto.graph
+    if _subgraph_inputs(g):  # a nested graph may read outer names: leave them as they are
+        return
+    keep = {v.name for v in list(g.input) + list(g.output)}
+    names: dict[str, str] = {}
+    counter = itertools.count()
+
+    def short(n: str) -> str:
+        if not n or n in keep:
+            return n
+        if n not in names:
+            s = _short_name(next(counter))
+            while s in keep:
+                s = _short_name(next(counter))
+            names[n] = s
+        return names[n]
+
+    for t in g.initializer:
+        t.name = short(t.name)
+    for v in g.value_info:
+        v.name = short(v.name)
+    for n in g.node:
+        n.input[:] = [short(x) for x in n.input]
+        n.output[:] = [short(x) for x in n.output]
 
 
 def _subgraph_inputs(g) -> list[set]:

@@ -36,6 +36,7 @@ import numpy as np
 
 from . import rundir
 from .errors import EdgetlError
+from .train import Recipe, _progress
 
 ARMS = ("feature-extraction", "fine-tuning", "from-scratch")
 ARM_TITLES = {"feature-extraction": "Feature extraction", "fine-tuning": "+ Fine-tuning",
@@ -47,34 +48,15 @@ DEFAULT_TARGET_REL = 0.9  # default target accuracy = 90% of the best accuracy a
 
 
 @dataclass
-class CompareConfig:
-    data: str
+class CompareConfig(Recipe):
+    """`edgetl compare` options: train's shared ones (train.Recipe) plus the comparison's own."""
+
     out: str = "runs/compare"
+    fine_tune: int = DEFAULT_FINE_TUNE
     fractions: str = DEFAULT_FRACTIONS
     budget: str = DEFAULT_BUDGET
     target: float | None = None
-    alpha: float | None = None
-    image_size: int | None = None
-    weights: str = "imagenet"
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 1e-3
-    dropout: float = 0.2
-    head: str = "linear"
-    patience: int = 5
-    fine_tune: int = DEFAULT_FINE_TUNE
-    fine_tune_epochs: int = 5
-    fine_tune_lr: float | None = None
     scratch_lr: float = 1e-3
-    val_split: float = 0.2
-    seed: int = 0
-    overwrite: bool = False
-    workers: int = 2
-
-    def as_dict(self) -> dict:
-        import dataclasses
-
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -192,12 +174,7 @@ def validate(cfg: CompareConfig) -> Prepared:
         raise EdgetlError(f"--target {cfg.target}: must be an accuracy in (0, 1]")
     if not (0.0 < cfg.scratch_lr < 1.0):
         raise EdgetlError(f"--scratch-lr {cfg.scratch_lr}: must be between 0 and 1")
-    tcfg = trainmod.TrainConfig(
-        data=cfg.data, out=cfg.out, alpha=cfg.alpha, image_size=cfg.image_size, weights=cfg.weights,
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, dropout=cfg.dropout, head=cfg.head,
-        patience=cfg.patience, fine_tune=cfg.fine_tune, fine_tune_epochs=cfg.fine_tune_epochs,
-        fine_tune_lr=cfg.fine_tune_lr, val_split=cfg.val_split, seed=cfg.seed, overwrite=cfg.overwrite,
-        workers=cfg.workers)
+    tcfg = trainmod.TrainConfig(**cfg.recipe())
     tp = trainmod.validate(tcfg)  # data + backbone options, --out, the scan (shared with `edgetl train`)
     counts = [sum(1 for _, y in tp.split.train if y == c) for c in range(len(tp.split.classes))]
     check_fractions(fractions, counts, tp.split.classes, cfg.fractions)
@@ -207,13 +184,6 @@ def validate(cfg: CompareConfig) -> Prepared:
 # ------------------------------------------------------------------------------------------------
 # arms
 # ------------------------------------------------------------------------------------------------
-def _progress(console):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("[bold]{task.description:<36}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=False)
-
-
 def _head_eval(head_model, feats, labels) -> tuple[float, list[list[int]]]:
     """Accuracy + confusion of a head model on cached features."""
     from .train import confusion

@@ -214,15 +214,11 @@ def _serving_fn(model, size: int, batch: int | None = 1):
 
 # ---------------------------------------------------------------------------------------------- converters
 def _tflite_converter(ctx: ExportContext, quantized: bool = False):
-    from .tfenv import tf_and_keras
+    from .tfenv import tf_and_keras, tflite_converter
 
     tf, _ = tf_and_keras()
     fn = _serving_fn(ctx.model if quantized else ctx.float_model, ctx.size, 1)
-    # The trackable object is a bare tf.Module holding the serving function, not the Keras model: with
-    # the model TF re-traces every layer for a temporary SavedModel (30 s instead of 1 s per conversion).
-    holder = tf.Module()
-    holder.serve = fn
-    return tf, tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], holder)
+    return tf, tflite_converter(fn)
 
 
 def convert_tflite_fp32(ctx: ExportContext, fmt: Format) -> bytes:
@@ -281,49 +277,7 @@ def convert_onnx_fp32(ctx: ExportContext, fmt: Format) -> bytes:
     sig = (tf.TensorSpec([None, ctx.size, ctx.size, 3], tf.float32, name=INPUT_NAME),)
     proto, _ = tf2onnx.convert.from_function(fn, input_signature=sig, opset=fmt.options.get("opset", 17))
     _rename_io(proto)
-    _shorten_names(proto)
     return proto.SerializeToString()
-
-
-_NAME_CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-
-
-def _short_name(i: int) -> str:
-    """0 -> "0", 61 -> "Z", 62 -> "10": one or two characters for the few hundred tensors of a model."""
-    s = ""
-    while True:
-        i, r = divmod(i, len(_NAME_CHARS))
-        s = _NAME_CHARS[r] + s
-        if i == 0:
-            return s
-
-
-def _shorten_names(proto) -> None:
-    """Short internal tensor/node names. Converted from TFLite, every tensor carries the chain of TF op
-    names it was fused from (~150 kB of a 640 kB int8 file at alpha 0.35); I/O names are kept."""
-    g = proto.graph
-    keep = {v.name for v in list(g.input) + list(g.output)}
-    names: dict[str, str] = {}
-    counter = iter(range(1 << 62))
-
-    def short(n: str) -> str:
-        if not n or n in keep:
-            return n
-        if n not in names:
-            s = _short_name(next(counter))
-            while s in keep:
-                s = _short_name(next(counter))
-            names[n] = s
-        return names[n]
-
-    for t in g.initializer:
-        t.name = short(t.name)
-    for v in g.value_info:
-        v.name = short(v.name)
-    for n in g.node:
-        n.input[:] = [short(x) for x in n.input]
-        n.output[:] = [short(x) for x in n.output]
-        n.name = ""  # optional; edgetl.compact clears them anyway
 
 
 def _rename_io(proto) -> None:
@@ -368,7 +322,6 @@ def onnx_int8_from_tflite(ctx: ExportContext, fmt: Format) -> bytes:
         p.write_bytes(tfl)
         proto, _ = tf2onnx.convert.from_tflite(str(p), opset=fmt.options.get("opset", 17))
     _rename_io(proto)
-    _shorten_names(proto)
     return proto.SerializeToString()
 
 
@@ -528,7 +481,7 @@ LOSSLESS_CHECK_IMAGES = 8
 def compact(fmt: Format, raw: bytes) -> bytes:
     """Lossless size reductions of a converter's output (edgetl.compact), the same for every format
     of a family so that size ratios between formats stay fair."""
-    from .compact import compact_onnx, compact_tflite
+    from .compact import compact_onnx, compact_tflite, shorten_onnx_names
 
     if fmt.suffix == ".tflite":
         return compact_tflite(raw)
@@ -536,6 +489,7 @@ def compact(fmt: Format, raw: bytes) -> bytes:
 
     proto = onnx.load_from_string(raw)
     compact_onnx(proto)
+    shorten_onnx_names(proto)
     return proto.SerializeToString()
 
 

@@ -63,8 +63,9 @@ FT_LR_FACTOR = 0.05  # default fine-tune lr = 20x lower than the head lr (issue:
 
 
 @dataclass
-class TrainConfig:
-    """Every `edgetl train` option (recorded verbatim in edgetl.json["config"])."""
+class Recipe:
+    """The options `edgetl train` and `edgetl compare` share (compare.CompareConfig extends it too), so
+    both commands have one set of defaults."""
 
     data: str
     out: str = "runs/run"
@@ -77,23 +78,33 @@ class TrainConfig:
     dropout: float = 0.2
     head: str = "linear"
     patience: int = 5
-    augment: int = 0
     fine_tune: int = 0
     fine_tune_epochs: int = 5
     fine_tune_lr: float | None = None  # None -> lr * FT_LR_FACTOR
     val_split: float = 0.2
     seed: int = 0
     overwrite: bool = False
+    workers: int = 2  # image decoding (and TFLite feature) threads
+
+    def as_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+    def recipe(self) -> dict:
+        """Just the shared options (e.g. to make a TrainConfig from a CompareConfig)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(Recipe)}
+
+
+@dataclass
+class TrainConfig(Recipe):
+    """Every `edgetl train` option (recorded verbatim in edgetl.json["config"])."""
+
+    augment: int = 0
     from_run: str | None = None
     qat: bool = False
     qat_epochs: int = 2
     adapt_bn: bool = False
     feature_batch: int = 32
-    workers: int = 2  # image decoding (and TFLite feature) threads
     base_cache: bool = True  # features from the backbone's cached TFLite copy (edgetl.backbone)
-
-    def as_dict(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
 
 
 @dataclass
@@ -332,6 +343,8 @@ class FeaturePipeline:
         self._model: bytes | None = None
         self._ready = threading.Event()
         self._lock = threading.Lock()
+        self._split_lock = threading.Lock()
+        self._split: tuple | None = None
         self._tasks: list | None = None
         self._next = 0
         self._out: dict = {}
@@ -349,8 +362,12 @@ class FeaturePipeline:
         return self._ready.is_set() and self._model is not None
 
     def split(self):
-        """((train pixels, labels, paths, skipped), (val ...)): decoded by now."""
-        return self.dec.collect(0, self.n_train), self.dec.collect(self.n_train, None)
+        """((train pixels, labels, paths, skipped), (val ...)): decoded by now; stacked once, whichever
+        thread asks first (the features and the caller share the arrays)."""
+        with self._split_lock:
+            if self._split is None:
+                self._split = (self.dec.collect(0, self.n_train), self.dec.collect(self.n_train, None))
+            return self._split
 
     def _claim(self):
         with self._lock:
@@ -397,16 +414,13 @@ class FeaturePipeline:
         """(train features: originals then each augmented view, val features), all computed by now."""
         if self.error is not None:
             raise self.error
-        n_feat = None
-        for key in self._tasks:
-            n_feat = self._out[key].shape[1]
-            break
+        n_feat = next((self._out[k].shape[1] for k in self._tasks), 0)
 
-        def cat(keys):
-            arrs = [self._out[k] for k in keys]
-            return np.concatenate(arrs) if arrs else np.zeros((0, n_feat or 0), np.float32)
+        def cat(which):
+            arrs = [self._out[k] for k in self._tasks if k[0] == which]
+            return np.concatenate(arrs) if arrs else np.zeros((0, n_feat), np.float32)
 
-        return (cat([k for k in self._tasks if k[0] == "train"]), cat([k for k in self._tasks if k[0] == "val"]))
+        return cat("train"), cat("val")
 
 
 # ------------------------------------------------------------------------------------------------
