@@ -5,7 +5,8 @@ ONNX-int8 paths side by side. Not a timed test. Writes benchmarks/results/export
     python benchmarks/bench_export.py --size 128 --out /tmp/x.json   # quicker look
 
 Targets: int8 PTQ within 1.0 point of Keras float, QAT int8 within 0.5 point, ONNX int8 within 1.5 points,
-int8 files <= 30 % of the fp32 size. Sizes are those of the written files, after edgetl.compact's lossless
+int8 files <= 30 % of the fp32 size (export's default --size-budget 30; each int8 entry also records the
+converter's per-channel file it started from). Sizes are those of the written files, after edgetl.compact's lossless
 post-processing (applied to every format); `converter_bytes` is the converter's own output, before
 compaction and before the edgetl metadata is embedded.
 """
@@ -172,6 +173,15 @@ def main() -> None:
                                     "size_vs_fp32": round(art["bytes"] / base, 3) if base else None,
                                     "converter_bytes": converter_bytes.get(name),
                                     "max_abs_diff": p["max_abs_diff"]}
+            b = art.get("size_budget")
+            if b:  # --size-budget (default 30 %): the converter's per-channel file, and what was done
+                row["formats"][name]["size_budget"] = {
+                    "met": b["met"], "reason": b.get("reason"),
+                    "per_tensor_layers": [L["layer"] for L in b["per_tensor_layers"]],
+                    "per_channel_bytes": b["per_channel_bytes"],
+                    "per_channel_size_vs_fp32": round(b["per_channel_bytes"] / b["fp32_bytes"], 4),
+                    "per_channel_accuracy": (b.get("per_channel_parity") or p)["accuracy"]}
+                row["formats"][name]["size_vs_fp32"] = round(art["bytes"] / base, 4) if base else None
             if name == "tflite-int8":
                 row["formats"][name]["bytes_breakdown"] = tflite_bytes_breakdown(run / art["file"])
         console.rule(f"{kind}: ONNX int8 paths")
@@ -191,8 +201,8 @@ def main() -> None:
         "qat_tflite_int8_drop_points (<= 0.5)": pts(qat, "tflite-int8"),
         "ptq_onnx_int8_drop_points (<= 1.5)": pts(ptq, "onnx-int8"),
         "qat_onnx_int8_drop_points (<= 1.5)": pts(qat, "onnx-int8"),
-        "int8_size_vs_fp32 (<= 0.30)": {n: ptq["formats"].get(n, {}).get("size_vs_fp32")
-                                        for n in ("tflite-int8", "onnx-int8")},
+        "int8_size_vs_fp32 (<= 0.30)": {f"{k} {n}": r["formats"].get(n, {}).get("size_vs_fp32")
+                                        for k, r in (("ptq", ptq), ("qat", qat)) for n in ("tflite-int8", "onnx-int8")},
     }
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -112,11 +112,16 @@ def export(
     calib: int = typer.Option(200, "--calib", help="int8 calibration: number of training images (seeded sample)"),
     max_drop: float = typer.Option(2.0, "--max-drop", help="int8 fails if it loses more accuracy points than this"),
     keep_going: bool = typer.Option(False, "--keep-going", help="A failed format gets a reason; the others finish"),
+    size_budget: float = typer.Option(
+        30.0, "--size-budget",
+        help="int8 files above this % of their fp32 file give per-tensor weight scales to the layers that lose "
+             "least by it, if accuracy holds (0 = off: converter's per-channel file)"),
 ) -> None:
     """Export TFLite and ONNX artifacts (float, and int8 with --int8), each parity-checked."""
     from .export import export_run
 
-    export_run(run, formats=format, int8=int8, calib=calib, max_drop=max_drop, keep_going=keep_going)
+    export_run(run, formats=format, int8=int8, calib=calib, max_drop=max_drop, keep_going=keep_going,
+               size_budget=size_budget)
 
 
 # ---- bench / predict (issue 4) ---------------------------------------------------------------------

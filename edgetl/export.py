@@ -25,6 +25,7 @@ from .rundir import MANIFEST_FILE, Run, sha256_file, write_bytes, write_json
 
 DEFAULT_CALIB = 200
 DEFAULT_MAX_DROP = 2.0  # accuracy points an int8 artifact may lose against the Keras model
+DEFAULT_SIZE_BUDGET = 30.0  # int8 file size, % of the same family's fp32 file (edgetl.budget; 0 = off)
 # Float artifacts: max |p_artifact - p_keras| over the validation set (per-format override: options["max_prob_diff"])
 FLOAT_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2}  # fp16 weights: measured up to 0.019 at 128 px
 INPUT_NAME, OUTPUT_NAME = "input", "probabilities"
@@ -76,9 +77,13 @@ def _existing(items):
     return [(p, y) for p, y in items if Path(p).is_file()]
 
 
-def check_inputs(run_path, fmt_spec: str | None, int8: bool, calib: int, max_drop: float):
+def check_inputs(run_path, fmt_spec: str | None, int8: bool, calib: int, max_drop: float,
+                 size_budget: float = DEFAULT_SIZE_BUDGET):
     """Everything the user can get wrong, checked before TensorFlow is imported."""
     fmts = parse_formats(fmt_spec, int8)
+    if not 0 <= size_budget <= 100:
+        raise EdgetlError(f"--size-budget {size_budget:g}: must be a percentage of the fp32 file size, "
+                          "from 0 (off) to 100")
     if calib < 1:
         raise EdgetlError(f"--calib {calib}: must be a positive number of images")
     if max_drop < 0:
@@ -312,11 +317,14 @@ def convert_onnx_int8(ctx: ExportContext, fmt: Format) -> bytes:
 
 
 def onnx_int8_from_tflite(ctx: ExportContext, fmt: Format) -> bytes:
+    return onnx_from_tflite(tflite_int8_bytes(ctx, "float32"), fmt)
+
+
+def onnx_from_tflite(tfl: bytes, fmt: Format) -> bytes:
     import tempfile
 
     import tf2onnx
 
-    tfl = tflite_int8_bytes(ctx, "float32")
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "m.tflite"
         p.write_bytes(tfl)
@@ -409,7 +417,7 @@ def run_onnx(model: bytes, x: np.ndarray, batch: int = 16):
 
 
 # ---------------------------------------------------------------------------------------------- metadata
-def artifact_meta(ctx: ExportContext, fmt: Format, io: dict) -> dict:
+def artifact_meta(ctx: ExportContext, fmt: Format, io: dict, weights_quant: dict | None = None) -> dict:
     from . import __version__
 
     w = ctx.run.meta.get("weights") or {}
@@ -425,6 +433,7 @@ def artifact_meta(ctx: ExportContext, fmt: Format, io: dict) -> dict:
                    "kind": "probabilities"},
         "preprocessing": dict(ctx.spec),
         "quantization": quant,
+        **({"weights_quantization": weights_quant} if weights_quant else {}),
         "macs": int(ctx.macs),
         "source": {"run": str(ctx.run.path.resolve()), "alpha": ctx.run.meta.get("alpha"),
                    "image_size": ctx.size, "weights_sha256": w.get("sha256"), "qat": ctx.qat},
@@ -452,11 +461,11 @@ def _onnx_io(model: bytes) -> dict:
             "qi": None, "qo": None}
 
 
-def embed(ctx: ExportContext, fmt: Format, raw: bytes) -> tuple[bytes, dict]:
+def embed(ctx: ExportContext, fmt: Format, raw: bytes, weights_quant: dict | None = None) -> tuple[bytes, dict]:
     """Embed edgetl metadata and read it back through the deployment runtime's own loader."""
     if fmt.suffix == ".tflite":
         io = _tflite_io(raw)
-        meta = artifact_meta(ctx, fmt, io)
+        meta = artifact_meta(ctx, fmt, io, weights_quant)
         out = embed_tflite(raw, meta)
         back = read_tflite_meta(out)
     else:
@@ -464,7 +473,7 @@ def embed(ctx: ExportContext, fmt: Format, raw: bytes) -> tuple[bytes, dict]:
         import onnxruntime as ort
 
         io = _onnx_io(raw)
-        meta = artifact_meta(ctx, fmt, io)
+        meta = artifact_meta(ctx, fmt, io, weights_quant)
         proto = onnx.load_from_string(raw)
         embed_onnx(proto, meta)
         out = proto.SerializeToString()
@@ -548,17 +557,94 @@ def parity(ctx: ExportContext, fmt: Format, model: bytes, max_drop: float) -> di
     return res
 
 
+# ---------------------------------------------------------------------------------------------- size budget
+FP32_OF = {".tflite": "tflite-fp32", ".onnx": "onnx-fp32"}
+BUDGET_RANK_IMAGES = 48  # calibration images on which each candidate layer's output change is measured
+
+
+def fp32_bytes(ctx: ExportContext, fmt: Format, results: dict) -> int:
+    """Size of the fp32 file of fmt's family as this export writes it (made here if not selected)."""
+    name = FP32_OF[fmt.suffix]
+    r = results.get(name)
+    if r and r.get("status") == "ok":
+        return int(r["bytes"])
+    key = f"{name}-bytes"
+    if key not in ctx.cache:
+        f = FORMATS[name]
+        raw = ctx.cache.get(name) or CONVERTERS[name](ctx, f)
+        ctx.cache[name] = raw
+        ctx.cache[key] = len(embed(ctx, f, compact(f, raw))[0])
+    return ctx.cache[key]
+
+
+def fit_size_budget(ctx: ExportContext, fmt: Format, blob: bytes, meta: dict, par: dict, percent: float,
+                    max_drop: float, results: dict):
+    """If the int8 file is larger than `percent` % of its fp32 file, give per-tensor weight scales to the
+    fewest layers that make it fit (edgetl.budget). The smaller file is kept only if it passes the
+    parity check and loses at most budget.MAX_EXTRA_DROP points against the per-channel file; otherwise
+    the per-channel file stays, and the reason is reported. Returns (blob, meta, parity, info)."""
+    from . import budget as B
+
+    ref = fp32_bytes(ctx, fmt, results)
+    limit = int(ref * percent / 100)
+    info = {"percent": percent, "fp32_bytes": ref, "limit_bytes": limit, "per_channel_bytes": len(blob),
+            "per_tensor_layers": []}
+    if len(blob) <= limit:
+        info["met"] = True
+        return blob, meta, par, info
+    src = tflite_int8_bytes(ctx, fmt.options.get("io", "int8") if fmt.suffix == ".tflite" else "float32")
+    if "budget-layers" not in ctx.cache:  # one ranking for both families (layer indices are the same)
+        ranked = tflite_int8_bytes(ctx, "float32")
+        try:
+            x = ctx.calibration_inputs()[:BUDGET_RANK_IMAGES]
+        except EdgetlError:  # a QAT run whose training images are gone: rank by weight error alone
+            x = None
+        cands = B.candidates(ranked)
+        ctx.cache["budget-layers"] = (B.rank(ranked, cands, lambda m, x: run_tflite(m, x)[0], x) if x is not None
+                                      else sorted(cands, key=lambda L: (L.error / L.saved, L.index)))
+    layers = ctx.cache["budget-layers"]
+
+    def build(k: int):
+        tfl = B.per_tensor(src, [L.index for L in layers[:k]])
+        raw = tfl if fmt.suffix == ".tflite" else onnx_from_tflite(tfl, fmt)
+        wq = {"per_tensor_layers": k, "rule": "per-channel weights; per-tensor where it fits the size budget "
+                                               f"({percent:g} % of fp32)"}
+        return embed(ctx, fmt, compact(fmt, raw), wq) + (raw,)
+
+    def not_met(reason: str):
+        info.update(met=False, reason=reason)
+        return blob, meta, par, info
+
+    k, built = B.smallest_fit(len(layers), build, lambda r: len(r[0]), limit, hint=ctx.cache.get("budget-k"))
+    if k is None:
+        return not_met(f"{len(layers)} layers can take per-tensor scales (weight error <= {B.MAX_ERROR:g}); "
+                       f"with all of them the file is still above {percent:g} % of fp32")
+    small, meta2, raw = built
+    compact_checked(ctx, fmt, raw)  # the same lossless-compaction proof as the per-channel file had
+    try:
+        par2 = parity(ctx, fmt, small, max_drop)
+    except ArtifactCheckError as e:
+        return not_met(f"with {k} layers per-tensor: {e}")
+    lost = 100 * (par["accuracy"] - par2["accuracy"])
+    if lost > B.MAX_EXTRA_DROP:
+        return not_met(f"with {k} layers per-tensor the accuracy falls {lost:.1f} points below the per-channel "
+                       f"file's (at most {B.MAX_EXTRA_DROP:g} allowed)")
+    ctx.cache["budget-k"] = k
+    info.update(met=True, per_tensor_layers=[L.asdict() for L in layers[:k]], per_channel_parity=par)
+    return small, meta2, par2, info
+
+
 # ---------------------------------------------------------------------------------------------- driver
 def export_run(run_path, formats: str | None = None, int8: bool = False, calib: int = DEFAULT_CALIB,
                max_drop: float = DEFAULT_MAX_DROP, keep_going: bool = False, seed: int | None = None,
-               console=None) -> dict:
+               console=None, size_budget: float = DEFAULT_SIZE_BUDGET) -> dict:
     """Export, check and write the chosen formats; returns the manifest. Raises on the first failure
     (ArtifactCheckError, exit 3) unless keep_going, in which case it raises after all formats finished."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = console or Console()
-    run, fmts, calib_items, val_items = check_inputs(run_path, formats, int8, calib, max_drop)
+    run, fmts, calib_items, val_items = check_inputs(run_path, formats, int8, calib, max_drop, size_budget)
     t_start = time.perf_counter()
     size, spec = run.image_size, run.preprocessing
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -596,6 +682,11 @@ def export_run(run_path, formats: str | None = None, int8: bool = False, calib: 
                     ctx.cache["onnx-fp32"] = raw
                 blob, meta = embed(ctx, fmt, compact_checked(ctx, fmt, raw))
                 par = parity(ctx, fmt, blob, max_drop)
+                budget = None
+                if fmt.precision == "int8" and size_budget:
+                    progress.update(task, description=f"export {fmt.name} (size budget)")
+                    blob, meta, par, budget = fit_size_budget(ctx, fmt, blob, meta, par, size_budget, max_drop,
+                                                              results)
             except Exception as e:  # a check failure, or a converter crash: one line, never a traceback
                 if isinstance(e, EdgetlError):
                     reason, shown = str(e), f"{e} (file not written)"
@@ -615,6 +706,8 @@ def export_run(run_path, formats: str | None = None, int8: bool = False, calib: 
                 results[fmt.name] = {"file": fmt.filename, "bytes": len(blob), "sha256": sha256_file(path),
                                      "status": "ok", "parity": par, "seconds": round(time.perf_counter() - t0, 2),
                                      "input_dtype": meta["input"]["dtype"]}
+                if budget is not None:
+                    results[fmt.name]["size_budget"] = budget
             progress.advance(task)
     manifest["artifacts"].update(results)
     manifest["skipped_val"] = skipped
@@ -664,22 +757,33 @@ def _print_table(console, run: Run, results: dict, kp, y, fp=None) -> None:
 
     tab = Table(title=f"edgetl export {run.path}")
     # file names come from the registry (FORMATS[name].filename); manifest.json lists them with sha256
-    for c in ("format", "size", "accuracy", "agreement", "max |Δp|", "status"):
-        tab.add_column(c, justify="right" if c in ("size", "accuracy", "agreement", "max |Δp|") else "left",
-                       no_wrap=True)
-    tab.add_row("keras", _mb(run.model_path.stat().st_size),
-                f"{100 * float((kp.argmax(1) == y).mean()):.1f}%", "-", "-", "reference" + (" (QAT)" if fp is not None else ""))
+    for c in ("format", "size", "of fp32", "accuracy", "agreement", "max |Δp|", "status"):
+        tab.add_column(c, justify="left" if c in ("format", "status") else "right", no_wrap=True)
+    tab.add_row("keras", _mb(run.model_path.stat().st_size), "-",
+                f"{100 * float((kp.argmax(1) == y).mean()):.1f}%", "-", "-", "QAT ref" if fp is not None else "ref")
     if fp is not None:
-        tab.add_row("keras float", "-", f"{100 * float((fp.argmax(1) == y).mean()):.1f}%",
-                    "-", "-", "float reference")
+        tab.add_row("keras float", "-", "-", f"{100 * float((fp.argmax(1) == y).mean()):.1f}%",
+                    "-", "-", "float")
+    notes = []
     for name, r in results.items():
         if r["status"] == "ok":
-            p = r["parity"]
-            tab.add_row(name, _mb(r["bytes"]), f"{100 * p['accuracy']:.1f}%", f"{100 * p['agreement']:.1f}%",
+            p, b = r["parity"], r.get("size_budget") or {}
+            ref = results.get(FP32_OF[FORMATS[name].suffix], {}).get("bytes") or b.get("fp32_bytes")
+            tab.add_row(name, _mb(r["bytes"]), f"{100 * r['bytes'] / ref:.1f}%" if ref else "-",
+                        f"{100 * p['accuracy']:.1f}%", f"{100 * p['agreement']:.1f}%",
                         f"{p['max_abs_diff']:.2g}", "[green]ok[/]")
+            if b.get("per_tensor_layers"):
+                notes.append(f"{name}: {len(b['per_tensor_layers'])} layers use per-tensor weight scales to fit "
+                             f"--size-budget {b['percent']:g}% (per-channel file: "
+                             f"{100 * b['per_channel_bytes'] / b['fp32_bytes']:.1f}% of fp32, "
+                             f"{100 * b['per_channel_parity']['accuracy']:.1f}% accuracy)")
+            elif b and not b["met"]:
+                notes.append(f"{name}: --size-budget {b['percent']:g}% not met, per-channel file kept: {b['reason']}")
         else:
-            tab.add_row(name, "-", "-", "-", "-", "[red]failed[/]")
+            tab.add_row(name, "-", "-", "-", "-", "-", "[red]failed[/]")
     console.print(tab)
+    for n in notes:
+        console.print(n, highlight=False, soft_wrap=True)
 
 
 def _mb(n: int) -> str:

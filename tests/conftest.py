@@ -10,8 +10,15 @@ import pytest
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# cached TFLite bases (edgetl.backbone) go to a folder of this test session, never to ~/.cache
-os.environ.setdefault("EDGETL_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="edgetl-test-cache-"))
+# cached TFLite bases (edgetl.backbone) go to a folder of this test session, never to ~/.cache;
+# removed when the session ends (subprocesses started by tests inherit the variable and finish first)
+if "EDGETL_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["EDGETL_CACHE_DIR"] = tempfile.mkdtemp(prefix="edgetl-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["EDGETL_CACHE_DIR"], True)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EDGETL_SHARED", REPO.parent / "shared"))
