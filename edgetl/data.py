@@ -39,6 +39,18 @@ def preprocess(pixels: np.ndarray, spec: dict) -> np.ndarray:
     return pixels.astype(np.float32) * np.float32(spec["scale"]) + np.float32(spec["offset"])
 
 
+def quantize(x: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
+    """Preprocessed float32 -> an integer input tensor, the way TFLite's own QUANTIZE kernel does it
+    (float32 x / scale, rounded half away from zero, + zero point, saturated). The one function export's
+    parity check, bench and predict use. MobileNetV2's [-1, 1] pixels at scale 1/127.5 fall exactly
+    halfway between two int8 steps, so a different rounding rule (numpy's half-to-even) or adding the
+    zero point before rounding moves half the input values by one step."""
+    v = np.asarray(x, np.float32) / np.float32(scale)
+    q = np.sign(v) * np.floor(np.abs(v) + np.float32(0.5)) + np.float32(zero_point)
+    info = np.iinfo(dtype)
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
 class ImageDecodeError(Exception):
     pass
 

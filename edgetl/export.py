@@ -391,8 +391,7 @@ def run_tflite(model: bytes, x: np.ndarray) -> tuple[np.ndarray, dict]:
     for i in range(len(x)):
         xi = x[i:i + 1]
         if qi:
-            info = np.iinfo(inp["dtype"])
-            xi = np.clip(np.round(xi / qi["scale"] + qi["zero_point"]), info.min, info.max).astype(inp["dtype"])
+            xi = D.quantize(xi, qi["scale"], qi["zero_point"], inp["dtype"])
         it.set_tensor(inp["index"], xi)
         it.invoke()
         y = it.get_tensor(out["index"])
@@ -773,7 +772,8 @@ def _print_table(console, run: Run, results: dict, kp, y, fp=None) -> None:
                         f"{100 * p['accuracy']:.1f}%", f"{100 * p['agreement']:.1f}%",
                         f"{p['max_abs_diff']:.2g}", "[green]ok[/]")
             if b.get("per_tensor_layers"):
-                notes.append(f"{name}: {len(b['per_tensor_layers'])} layers use per-tensor weight scales to fit "
+                k = len(b["per_tensor_layers"])
+                notes.append(f"{name}: {k} layer{' uses' if k == 1 else 's use'} per-tensor weight scales to fit "
                              f"--size-budget {b['percent']:g}% (per-channel file: "
                              f"{100 * b['per_channel_bytes'] / b['fp32_bytes']:.1f}% of fp32, "
                              f"{100 * b['per_channel_parity']['accuracy']:.1f}% accuracy)")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import artifact
-from .data import preprocess
+from .data import preprocess, quantize
 from .errors import EdgetlError
 from .formats import FORMATS, Format, format_of_file
 
@@ -58,9 +58,7 @@ class Model:
         if self.in_q is None:
             return np.ascontiguousarray(x, dtype=self.in_dtype)
         scale, zp, dt = self.in_q
-        info = np.iinfo(dt)
-        q = np.round(x / np.float32(scale)) + zp
-        return np.clip(q, info.min, info.max).astype(dt)
+        return quantize(x, scale, zp, dt)
 
     def from_output(self, y: np.ndarray) -> np.ndarray:
         if self.out_q is None:

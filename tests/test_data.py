@@ -213,3 +213,20 @@ def test_train_reports_skipped_files(tmp_path):
     assert "with space.jpg" in train_names and "exif.jpg" in train_names
     assert not train_names & want_skip  # the split lists what the model was trained on
     assert len(meta["split"]["train"]) == meta["metrics"]["n_train"]
+
+
+def test_quantize_rounds_like_tflite():
+    """data.quantize (export parity, bench, predict): float32 division, ties away from zero, zero point
+    added after rounding, saturation. MobileNetV2 pixels sit exactly on ties at scale 1/127.5."""
+    from edgetl.data import MOBILENET_V2_PREPROCESSING, preprocess, quantize
+
+    s = 0.25
+    x = np.array([0.125, -0.125, 0.375, -0.375, 0.625, 100.0, -100.0], np.float32)  # ties at ±0.5, ±1.5, 2.5
+    assert quantize(x, s, 0, np.int8).tolist() == [1, -1, 2, -2, 3, 127, -128]
+    assert quantize(x, s, -1, np.int8).tolist() == [0, -2, 1, -3, 2, 127, -128]  # round, then add
+    assert quantize(x, s, 128, np.uint8).tolist() == [129, 127, 130, 126, 131, 255, 0]
+    # every uint8 pixel -> [-1, 1] -> int8 at the scale the converter picks for that range
+    px = np.arange(256, dtype=np.uint8)
+    q = quantize(preprocess(px, MOBILENET_V2_PREPROCESSING), 1 / 127.5, -1, np.int8).astype(int)
+    # pixel values sit on ties: rounding away from zero leaves one gap at 0 and merges two values at an end
+    assert q.min() == -128 and np.all(np.diff(q) >= 0) and np.diff(q).max() <= 2 and len(np.unique(q)) >= 254

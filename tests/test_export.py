@@ -439,9 +439,8 @@ def test_smallest_fit_bisects():
     assert smallest_fit(0, build, len, 65) == (None, None)
 
 
-def _budget_export(run: Path, *args) -> tuple[object, dict]:
-    res = runner.invoke(app, ["export", str(run), "--format", "tflite-fp32,tflite-int8", "--calib", "16",
-                              "--max-drop", "100", *args])
+def _budget_export(run: Path, *args, formats: str = "tflite-fp32,tflite-int8") -> tuple[object, dict]:
+    res = runner.invoke(app, ["export", str(run), "--format", formats, "--calib", "16", "--max-drop", "100", *args])
     return res, json.loads((run / "manifest.json").read_text())["artifacts"]
 
 
@@ -480,11 +479,12 @@ def test_size_budget_not_met_keeps_per_channel_file(tiny_run, tmp_path, monkeypa
 
     run = _copy(tiny_run, tmp_path)
     res, m = _budget_export(run, "--size-budget", "0")
-    full = m["tflite-int8"]["bytes"]
-    res, m = _budget_export(run, "--size-budget", "1")
+    full, fp32 = m["tflite-int8"]["bytes"], m["tflite-fp32"]["bytes"]
+    res, m = _budget_export(run, "--size-budget", "1", formats="tflite-int8")  # fp32 size made on the side
     assert res.exit_code == 0, res.output
     b = m["tflite-int8"]["size_budget"]
     assert b["met"] is False and "still above 1 %" in b["reason"] and m["tflite-int8"]["bytes"] == full
+    assert b["fp32_bytes"] == fp32
     assert "not met" in res.output.replace("\n", " ")
     monkeypatch.setattr(B, "MAX_EXTRA_DROP", -1.0)  # any smaller file now counts as losing accuracy
     res, m = _budget_export(run, "--size-budget", f"{100 * (full - 2000) / m['tflite-fp32']['bytes']:.4f}")

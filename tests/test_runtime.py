@@ -90,7 +90,8 @@ def test_int8_uses_the_interpreters_quantization_params(c_run):
     want = []
     for img in px:
         xf = img[None].astype(np.float32) / 127.5 - 1.0
-        xq = np.clip(np.round(xf / scale) + zp, -128, 127).astype(d["dtype"])
+        v = xf / np.float32(scale)  # TFLite's QUANTIZE kernel: round half away from zero, then + zero point
+        xq = np.clip(np.trunc(v + np.copysign(np.float32(0.5), v)) + zp, -128, 127).astype(d["dtype"])
         it.set_tensor(d["index"], xq)
         it.invoke()
         want.append((it.get_tensor(out["index"]).astype(np.float32) - ozp) * oscale)
