@@ -684,8 +684,13 @@ def export_run(run_path, formats: str | None = None, int8: bool = False, calib: 
                 budget = None
                 if fmt.precision == "int8" and size_budget:
                     progress.update(task, description=f"export {fmt.name} (size budget)")
-                    blob, meta, par, budget = fit_size_budget(ctx, fmt, blob, meta, par, size_budget, max_drop,
-                                                              results)
+                    try:
+                        blob, meta, par, budget = fit_size_budget(ctx, fmt, blob, meta, par, size_budget,
+                                                                  max_drop, results)
+                    except Exception as e:  # the per-channel file is checked and good: keep it, say why
+                        budget = {"percent": size_budget, "met": False, "per_tensor_layers": [],
+                                  "reason": f"the size-budget step failed ({type(e).__name__}: "
+                                            f"{str(e).splitlines()[0][:160] if str(e) else ''})"}
             except Exception as e:  # a check failure, or a converter crash: one line, never a traceback
                 if isinstance(e, EdgetlError):
                     reason, shown = str(e), f"{e} (file not written)"

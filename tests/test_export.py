@@ -492,6 +492,16 @@ def test_size_budget_not_met_keeps_per_channel_file(tiny_run, tmp_path, monkeypa
     b = m["tflite-int8"]["size_budget"]
     assert b["met"] is False and "accuracy falls" in b["reason"] and m["tflite-int8"]["bytes"] == full
 
+    def broken(model, layers):
+        raise ValueError("simulated failure")
+
+    monkeypatch.setattr(B, "per_tensor", broken)  # a bug in the budget step: the checked file still ships
+    res, m = _budget_export(run, "--size-budget", "29", formats="tflite-int8")
+    assert res.exit_code == 0, res.output
+    b = m["tflite-int8"]["size_budget"]
+    assert b["met"] is False and "size-budget step failed (ValueError: simulated failure)" in b["reason"]
+    assert m["tflite-int8"]["bytes"] == full and "Traceback" not in res.output
+
 
 # ---------------------------------------------------------------------------------------------- failures
 def test_float_parity_failure_leaves_no_file(tiny_run, tmp_path, monkeypatch):
