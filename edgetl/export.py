@@ -580,7 +580,7 @@ def fit_size_budget(ctx: ExportContext, fmt: Format, blob: bytes, meta: dict, pa
                     max_drop: float, results: dict):
     """If the int8 file is larger than `percent` % of its fp32 file, give per-tensor weight scales to the
     fewest layers that make it fit (edgetl.budget). The smaller file is kept only if it passes the
-    parity check and loses at most budget.MAX_EXTRA_DROP points against the per-channel file; otherwise
+    parity check and loses at most budget.MAX_EXTRA_DROP points (PTQ 1.0, QAT 0.5) against the per-channel file; otherwise
     the per-channel file stays, and the reason is reported. Returns (blob, meta, parity, info)."""
     from . import budget as B
 
@@ -625,9 +625,10 @@ def fit_size_budget(ctx: ExportContext, fmt: Format, blob: bytes, meta: dict, pa
     except ArtifactCheckError as e:
         return not_met(f"with {k} layers per-tensor: {e}")
     lost = 100 * (par["accuracy"] - par2["accuracy"])
-    if lost > B.MAX_EXTRA_DROP:
+    allowed = B.MAX_EXTRA_DROP["qat" if ctx.qat else "ptq"]
+    if lost > allowed:
         return not_met(f"with {k} layers per-tensor the accuracy falls {lost:.1f} points below the per-channel "
-                       f"file's (at most {B.MAX_EXTRA_DROP:g} allowed)")
+                       f"file's (at most {allowed:g} allowed for a {'QAT' if ctx.qat else 'PTQ'} run)")
     ctx.cache["budget-k"] = k
     info.update(met=True, per_tensor_layers=[L.asdict() for L in layers[:k]], per_channel_parity=par)
     return small, meta2, par2, info
