@@ -29,6 +29,7 @@ from .formats import FORMATS
 from .rundir import META_FILE, Run, write_json
 
 REPO_DEVICES = Path(__file__).resolve().parents[1] / "devices"
+PACKAGED_DEVICES = Path(__file__).resolve().parent / "devices"  # a wheel ships devices/ as edgetl.devices
 WORKER_TIMEOUT_S = 900
 
 
@@ -50,23 +51,11 @@ def parse_threads(spec: str | None) -> list[int] | None:
     return list(dict.fromkeys(out))
 
 
-def _packaged_devices() -> Path | None:
-    """The profiles installed with the package (pyproject maps devices/ to edgetl.devices)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("edgetl.devices")
-    locs = list(spec.submodule_search_locations or []) if spec is not None else []
-    return Path(locs[0]) if locs else None
-
-
 def device_dirs() -> list[Path]:
     dirs = []
     if os.environ.get("EDGETL_DEVICES"):
         dirs.append(Path(os.environ["EDGETL_DEVICES"]))
-    dirs += [REPO_DEVICES, Path.cwd() / "devices"]
-    packaged = _packaged_devices()
-    if packaged is not None:
-        dirs.append(packaged)
+    dirs += [REPO_DEVICES, Path.cwd() / "devices", PACKAGED_DEVICES]
     return [d for d in dict.fromkeys(d.resolve() for d in dirs) if d.is_dir()]
 
 
@@ -635,7 +624,7 @@ def plot(result: dict, png: Path) -> bool:
     for i, r in enumerate(sorted(pts, key=lambda r: r["latency_ms"]["p50"])):
         acc = r.get("accuracy")
         y = 100 * acc if acc is not None else 0.0
-        ax.scatter(r["latency_ms"]["p50"], y, s=40, label=f"{r['name']} x{r['threads']}")
+        ax.scatter(r["latency_ms"]["p50"], y, s=40)
         ax.annotate(f"{r['name']} x{r['threads']}", (r["latency_ms"]["p50"], y), fontsize=7,
                     xytext=(4, 6 + 9 * (i % 4)), textcoords="offset points",
                     arrowprops={"arrowstyle": "-", "lw": 0.4, "alpha": 0.5})

@@ -29,6 +29,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .artifact import _schema  # ai_edge_litert's kept schema bindings
+
 MAX_ERROR = 0.03  # rms over channels of |w - w_per_tensor| / |w|, per channel
 # accuracy points the smaller file may lose against the per-channel one: the int8 margins issue 3 sets
 # for each kind of run (PTQ within 1.0 point of float, QAT within 0.5). Measured on five QAT seeds, the
@@ -51,15 +53,8 @@ class Layer:
                 "sensitivity": round(self.sensitivity, 6)}
 
 
-def _schema():
-    from ai_edge_litert import schema_py_generated as schema  # kept bindings (as edgetl.artifact)
-
-    return schema
-
-
 def _op_names() -> dict:
-    s = _schema()
-    return {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
+    return {v: k for k, v in vars(_schema().BuiltinOperator).items() if not k.startswith("_")}
 
 
 def _load(model: bytes):
@@ -68,7 +63,7 @@ def _load(model: bytes):
 
 def _weight_ops(m):
     """(op index, kind, input, weight, bias tensors) of per-channel int8 conv/dense ops of subgraph 0."""
-    names = _op_names()
+    names, types = _op_names(), _schema().TensorType
     sg = m.subgraphs[0]
     for k, op in enumerate(sg.operators or []):
         code = m.operatorCodes[op.opcodeIndex]
@@ -77,7 +72,7 @@ def _weight_ops(m):
             continue
         x, w, b = (sg.tensors[i] for i in op.inputs[:3])
         q, bq = w.quantization, b.quantization
-        if (w.type != _schema().TensorType.INT8 or b.type != _schema().TensorType.INT32 or q is None
+        if (w.type != types.INT8 or b.type != types.INT32 or q is None
                 or bq is None or q.scale is None or len(q.scale) < 2 or bq.scale is None
                 or len(bq.scale) != len(q.scale) or x.quantization is None or x.quantization.scale is None
                 or len(x.quantization.scale) != 1 or m.buffers[w.buffer].data is None

@@ -33,16 +33,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .artifact import TFLITE_IDENT, _schema  # ai_edge_litert's kept schema bindings
+
 SENTINEL_BUFFER = 0
 
 
 # ---------------------------------------------------------------------------------------------- TFLite
-def _schema():
-    from ai_edge_litert import schema_py_generated as schema  # kept bindings (as edgetl.artifact)
-
-    return schema
-
-
 def compact_tflite_model(m) -> None:
     """Shorten internal names and drop unused/empty buffers of a schema.ModelT, in place."""
     if m.buffers is None:
@@ -158,7 +154,7 @@ def pack_tflite(m, size_hint: int = 1 << 20) -> bytes:
     m.buffers = [AlignedBuffer(b) for b in bufs] if bufs is not None else None
     try:
         b = SharingBuilder(size_hint)
-        b.Finish(m.Pack(b), file_identifier=b"TFL3")
+        b.Finish(m.Pack(b), file_identifier=TFLITE_IDENT)
     finally:
         m.buffers = bufs
     return bytes(b.Output())
@@ -194,8 +190,7 @@ def compact_onnx(proto, derive_bias_scales: bool = True) -> None:
         return zero[name]
 
     for n in g.node:
-        if n.op_type == "DequantizeLinear" and n.domain in ("", "ai.onnx") and len(n.input) == 3 \
-                and is_zero(n.input[2]):
+        if _is_dq(n) and len(n.input) == 3 and is_zero(n.input[2]):
             del n.input[2]
         n.name = ""
     used = {x for n in g.node for x in n.input} | {o.name for o in g.output}

@@ -36,7 +36,7 @@ import numpy as np
 
 from . import rundir
 from .errors import EdgetlError
-from .train import Recipe, _progress
+from .train import Recipe, _head_eval, _progress
 
 ARMS = ("feature-extraction", "fine-tuning", "from-scratch")
 ARM_TITLES = {"feature-extraction": "Feature extraction", "fine-tuning": "+ Fine-tuning",
@@ -184,15 +184,6 @@ def validate(cfg: CompareConfig) -> Prepared:
 # ------------------------------------------------------------------------------------------------
 # arms
 # ------------------------------------------------------------------------------------------------
-def _head_eval(head_model, feats, labels) -> tuple[float, list[list[int]]]:
-    """Accuracy + confusion of a head model on cached features."""
-    from .train import confusion
-
-    probs = np.asarray(head_model(feats, training=False))
-    pred = probs.argmax(1)
-    return float((pred == labels).mean()), confusion(labels, pred, int(probs.shape[1]))
-
-
 def _pixel_batches(keras, pixels, labels, spec, batch_size: int, seed: int):
     """Shuffled (seeded per epoch) batches of preprocessed pixels for model.fit, built per batch so no
     float copy of the whole data set sits in memory."""

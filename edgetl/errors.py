@@ -11,3 +11,9 @@ class ArtifactCheckError(EdgetlError):
     """An exported artifact failed its parity/accuracy check."""
 
     exit_code = 3
+
+
+def describe(e: BaseException) -> str:
+    """An unexpected exception as one short line: its type and the first line of its message."""
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0][:160]}" if msg else type(e).__name__

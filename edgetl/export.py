@@ -19,7 +19,7 @@ import numpy as np
 
 from . import data as D
 from .artifact import embed_onnx, embed_tflite, read_onnx_meta_from_session, read_tflite_meta
-from .errors import ArtifactCheckError, EdgetlError
+from .errors import ArtifactCheckError, EdgetlError, describe
 from .formats import FORMATS, Format, parse_formats
 from .rundir import MANIFEST_FILE, Run, sha256_file, write_bytes, write_json
 
@@ -341,7 +341,7 @@ def onnx_int8_ort(ctx: ExportContext, fmt: Format, calibrate_method: str = "MinM
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
-    fp32 = ctx.cache.get("onnx-fp32") or convert_onnx_fp32(ctx, FORMATS["onnx-fp32"])
+    fp32 = converted(ctx, FORMATS["onnx-fp32"])
     x = ctx.calibration_inputs()
 
     class Reader(CalibrationDataReader):
@@ -369,6 +369,14 @@ CONVERTERS = {
     "onnx-fp32": convert_onnx_fp32,
     "onnx-int8": convert_onnx_int8,
 }
+
+
+def converted(ctx: ExportContext, fmt: Format) -> bytes:
+    """fmt's converter output, made once per export (the size budget's fp32 reference and the ORT int8
+    path reuse it)."""
+    if fmt.name not in ctx.cache:
+        ctx.cache[fmt.name] = CONVERTERS[fmt.name](ctx, fmt)
+    return ctx.cache[fmt.name]
 
 
 # ---------------------------------------------------------------------------------------------- runtimes
@@ -570,9 +578,7 @@ def fp32_bytes(ctx: ExportContext, fmt: Format, results: dict) -> int:
     key = f"{name}-bytes"
     if key not in ctx.cache:
         f = FORMATS[name]
-        raw = ctx.cache.get(name) or CONVERTERS[name](ctx, f)
-        ctx.cache[name] = raw
-        ctx.cache[key] = len(embed(ctx, f, compact(f, raw))[0])
+        ctx.cache[key] = len(embed(ctx, f, compact(f, converted(ctx, f)))[0])
     return ctx.cache[key]
 
 
@@ -677,9 +683,7 @@ def export_run(run_path, formats: str | None = None, int8: bool = False, calib: 
             t0 = time.perf_counter()
             path = run.path / fmt.filename
             try:
-                raw = CONVERTERS[fmt.name](ctx, fmt)
-                if fmt.name == "onnx-fp32":
-                    ctx.cache["onnx-fp32"] = raw
+                raw = converted(ctx, fmt)
                 blob, meta = embed(ctx, fmt, compact_checked(ctx, fmt, raw))
                 par = parity(ctx, fmt, blob, max_drop)
                 budget = None
@@ -690,14 +694,12 @@ def export_run(run_path, formats: str | None = None, int8: bool = False, calib: 
                                                                   max_drop, results)
                     except Exception as e:  # the per-channel file is checked and good: keep it, say why
                         budget = {"percent": size_budget, "met": False, "per_tensor_layers": [],
-                                  "reason": f"the size-budget step failed ({type(e).__name__}: "
-                                            f"{str(e).splitlines()[0][:160] if str(e) else ''})"}
+                                  "reason": f"the size-budget step failed ({describe(e)})"}
             except Exception as e:  # a check failure, or a converter crash: one line, never a traceback
                 if isinstance(e, EdgetlError):
                     reason, shown = str(e), f"{e} (file not written)"
                 else:
-                    reason = (f"{fmt.name}: conversion failed "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})")
+                    reason = f"{fmt.name}: conversion failed ({describe(e)})"
                     shown = reason
                 _drop_stale(path)
                 results[fmt.name] = {"file": fmt.filename, "status": "failed", "reason": reason}

@@ -323,6 +323,17 @@ def augment_views(pixels: np.ndarray, view: int, seed: int, start: int = 0) -> n
     return out
 
 
+def feature_views(augment: int) -> list[tuple[str, int]]:
+    """The order in which base features are computed and stacked, the same on both feature paths (the
+    cached TFLite base and TensorFlow): train originals, val originals, then each augmented train view
+    (view 0 = the image itself)."""
+    return [("train", 0), ("val", 0)] + [("train", v) for v in range(1, augment + 1)]
+
+
+def view_pixels(pixels: np.ndarray, view: int, seed: int, start: int = 0) -> np.ndarray:
+    return augment_views(pixels, view, seed, start) if view else pixels
+
+
 class FeaturePipeline:
     """Decode every image, then the frozen base's features of every view (train originals, val, then
     `augment` seeded views of the training images) from the base's TFLite copy, on any number of
@@ -369,14 +380,15 @@ class FeaturePipeline:
                 self._split = (self.dec.collect(0, self.n_train), self.dec.collect(self.n_train, None))
             return self._split
 
+    def _pixels(self, which: str) -> np.ndarray:
+        return self.split()[0 if which == "train" else 1][0]
+
     def _claim(self):
         with self._lock:
             if self._tasks is None:
-                (tr, *_), (va, *_) = self.split()
-                self._px = {"train": tr, "val": va}
-                views = [("train", 0), ("val", 0)] + [("train", v) for v in range(1, self.augment + 1)]
-                self._tasks = [(which, v, s) for which, v in views
-                               for s in range(0, len(self._px[which]), self.CHUNK)]
+                n = {which: len(self._pixels(which)) for which in ("train", "val")}
+                self._tasks = [(which, v, s) for which, v in feature_views(self.augment)
+                               for s in range(0, n[which], self.CHUNK)]
             i = self._next
             self._next += 1
         return self._tasks[i] if i < len(self._tasks) else None
@@ -392,9 +404,7 @@ class FeaturePipeline:
             while (task := self._claim()) is not None and self.error is None and self.tflite_error is None:
                 t = time.perf_counter()
                 which, view, s = task
-                px = self._px[which][s:s + self.CHUNK]
-                if view:
-                    px = augment_views(px, view, self.seed, s)
+                px = view_pixels(self._pixels(which)[s:s + self.CHUNK], view, self.seed, s)
                 x = datamod.preprocess(px, self.spec)
                 try:
                     base = base or backbone.TFLiteBase(self._model)
@@ -961,13 +971,13 @@ def _train(cfg: TrainConfig, console, prepared: Prepared | None, cleanup: contex
         with _progress(console) as prog:
             task = prog.add_task(f"base features ({views})", total=n_feat)
             adv = lambda n: prog.advance(task, n)  # noqa: E731
-            f_tr = [compute_features(base, tr_px, spec, cfg.feature_batch, progress=adv)]
-            f_va = compute_features(base, va_px, spec, cfg.feature_batch, progress=adv)
-            for v in range(1, cfg.augment + 1):
-                for s in range(0, len(tr_px), 256):  # augment in chunks: bounded memory
-                    f_tr.append(compute_features(base, augment_views(tr_px[s:s + 256], v, cfg.seed, s), spec,
-                                                 cfg.feature_batch, progress=adv))
-        f_tr = np.concatenate(f_tr)
+            px, out = {"train": tr_px, "val": va_px}, {"train": [], "val": []}
+            for which, v in feature_views(cfg.augment):
+                step = 256 if v else max(len(px[which]), 1)  # augmented views in chunks: bounded memory
+                for s in range(0, len(px[which]), step):
+                    out[which].append(compute_features(base, view_pixels(px[which][s:s + step], v, cfg.seed, s),
+                                                       spec, cfg.feature_batch, progress=adv))
+        f_tr, f_va = np.concatenate(out["train"]), np.concatenate(out["val"])
     y_tr_all = np.tile(tr_y, 1 + cfg.augment)
     t = lap("features", t)
     from .report import PlotProcess

@@ -26,7 +26,7 @@ def main(out: str, size: int = 32, classes=("cats", "dogs"), items=None) -> None
     from edgetl.backbone import build_base
     from edgetl.data import preprocessing_spec
     from edgetl.export import count_macs
-    from edgetl.tfenv import tf_and_keras
+    from edgetl.tfenv import tf_and_keras, tflite_converter
 
     tf, keras = tf_and_keras()
     keras.utils.set_random_seed(0)
@@ -63,9 +63,7 @@ def main(out: str, size: int = 32, classes=("cats", "dogs"), items=None) -> None
 
     sig = [tf.TensorSpec([1, size, size, 3], tf.float32, name="input")]
     fn = tf.function(lambda x: model(x, training=False), input_signature=sig)
-    conc = fn.get_concrete_function()
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([conc], fn)
-    fp32 = conv.convert()
+    fp32 = tflite_converter(fn).convert()
     (out / "model-fp32.tflite").write_bytes(artifact.embed_tflite(fp32, artifact_meta("tflite-fp32")))
 
     rng = np.random.default_rng(0)
@@ -77,7 +75,7 @@ def main(out: str, size: int = 32, classes=("cats", "dogs"), items=None) -> None
         for x in calib_imgs or [rng.uniform(-1, 1, (1, size, size, 3)).astype(np.float32) for _ in range(8)]:
             yield [x]
 
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([conc], fn)
+    conv = tflite_converter(fn)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.representative_dataset = rep
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]

@@ -280,11 +280,9 @@ def test_adapt_and_qat_hooks_are_called(tiny_folder, tmp_path, monkeypatch):
 def tiny_weights(tmp_path_factory) -> Path:
     """A weights file of a random alpha-0.35 MobileNetV2: stands in for ImageNet weights (it has a sha256,
     so its base is cached like theirs)."""
-    from edgetl.tfenv import tf_and_keras
+    from edgetl.backbone import build_base
 
-    _, keras = tf_and_keras()
-    base = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, include_top=False,
-                                          weights=None, pooling="avg")
+    base = build_base(0.35, 96, None)
     path = tmp_path_factory.mktemp("weights") / "random-a0.35.h5"
     base.save_weights(str(path))
     return path
