@@ -65,7 +65,10 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out run"),
     from_run: Optional[Path] = typer.Option(None, "--from", help="Continue from a trained RUN (same classes)"),
     qat: bool = typer.Option(False, "--qat", help="Quantization-aware training after the float phases"),
-    qat_epochs: int = typer.Option(2, "--qat-epochs"),
+    qat_epochs: int = typer.Option(5, "--qat-epochs"),
+    qat_lr: float = typer.Option(1e-4, "--qat-lr", help="QAT fine-tuning learning rate"),
+    qat_loss: str = typer.Option("distill", "--qat-loss", help="QAT fine-tuning targets: 'distill' (the float "
+                                 "model's probabilities) or 'labels'"),
     adapt_bn: bool = typer.Option(False, "--adapt-bn", help="Re-estimate the base's BatchNorm statistics on DATA"),
     base_cache: bool = typer.Option(True, "--base-cache/--no-base-cache",
                                     help="Compute base features with the backbone's TFLite copy, made once and "
@@ -80,6 +83,7 @@ def train(
         patience=patience, augment=augment, fine_tune=fine_tune, fine_tune_epochs=fine_tune_epochs,
         fine_tune_lr=fine_tune_lr, val_split=val_split, seed=seed, overwrite=overwrite,
         from_run=str(from_run) if from_run is not None else None, qat=qat, qat_epochs=qat_epochs,
+        qat_lr=qat_lr, qat_loss=qat_loss,
         adapt_bn=adapt_bn, base_cache=base_cache)
     run_train(cfg, Console(stderr=True), prepared=validate(cfg))
     _fast_exit_after_tensorflow()

@@ -1,12 +1,12 @@
 # NOTE for A (train.py): QAT runs must load through edgetl.qat.load_qat_model / qat.quantize_scope();
 # plain tfmot quantize_scope cannot reload a QAT .keras file (see quantize_scope below). B edited
-# train.load_run_model accordingly (3 lines). qat_phase reads cfg.qat_epochs, cfg.batch_size, cfg.seed and
-# optionally cfg.qat_lr (default 1e-5); no extra parameter needed.
+# train.load_run_model accordingly (3 lines). qat_phase reads cfg.qat_epochs, cfg.batch_size, cfg.seed,
+# cfg.qat_lr (default 1e-4) and cfg.qat_loss ("distill").
 """Quantization-aware training phase (tensorflow-model-optimization), called by train.py for `--qat`.
 
 Hook (CONTRACTS.md): qat_phase(model, train_xy, val_xy, spec, cfg, console) -> (qat_model, info)
   train_xy/val_xy = (uint8 pixels (N,H,W,3), int labels (N,)); cfg fields read (all optional):
-  qat_epochs (2), batch_size (32), qat_lr (1e-5), seed (0).
+  qat_epochs (5), batch_size (32), qat_lr (1e-4), qat_loss ("distill"), seed (0).
 
 The measured trap (issue 3): after quantize_model every activation range starts at +-6 and moves by an
 EMA with decay 0.999, and the weight ranges also start at +-6 until a training step sets them, so the
@@ -16,6 +16,13 @@ statistics are untouched; dropout off) during which tfmot's moving-average quant
 real min/max (decay 0 instead of 0.999; the kept range is the min/max over all calibration batches).
 Then a short QAT fine-tune, then the phase checks its own validation accuracy and raises EdgetlError
 rather than return a model that lost the float model's accuracy.
+
+The fine-tune distils by default (qat_loss "distill"): its targets are the float model's probabilities on
+the training images, not the labels. QAT is there to make the int8 model give the float model's answers,
+and a few hundred labelled images pull the whole unfrozen network towards them instead. Measured on
+hymenoptera, alpha 0.35, seeds 0-4 (README): the TFLite int8 file of a QAT run is within 0.5 point of
+float on 4 seeds (mean drop -0.39 points) with 5 epochs of distillation at 1e-4, on 3 (mean 0.13) with
+the old default of 2 epochs on the labels at 1e-5.
 """
 
 from __future__ import annotations
@@ -26,9 +33,11 @@ import time
 import numpy as np
 
 from .errors import EdgetlError
+from .train import QAT_LOSSES as LOSSES  # validated by train.validate before any work
 
 CALIB_BATCHES = 8  # calibration forward passes (x batch_size images, cycling the training set)
-DEFAULT_LR = 1e-5
+DEFAULT_LR = 1e-4
+DEFAULT_EPOCHS = 5
 # The QAT model may lose at most this much val accuracy against the float model (or 2 images, if more).
 MAX_QAT_DROP = 0.05
 
@@ -155,10 +164,13 @@ def qat_phase(model, train_xy, val_xy, spec, cfg, console=None):
     console = console or Console(quiet=True)
     tf, keras, tfmot = _tfmot()
     t0 = time.perf_counter()
-    epochs = int(getattr(cfg, "qat_epochs", 2) or 0)
+    epochs = int(getattr(cfg, "qat_epochs", DEFAULT_EPOCHS) or 0)
     batch_size = int(getattr(cfg, "batch_size", 32) or 32)
     lr = float(getattr(cfg, "qat_lr", None) or DEFAULT_LR)
     seed = int(getattr(cfg, "seed", 0) or 0)
+    qat_loss = str(getattr(cfg, "qat_loss", None) or LOSSES[0])
+    if qat_loss not in LOSSES:
+        raise EdgetlError(f"--qat-loss {qat_loss}: accepted values are {', '.join(LOSSES)}")
     tr_px, tr_y = train_xy
     va_px, va_y = val_xy
     if len(tr_px) == 0:
@@ -184,17 +196,22 @@ def qat_phase(model, train_xy, val_xy, spec, cfg, console=None):
         for b in bns:
             b.trainable = False  # keep the float model's BatchNorm statistics
         calibrated = qmodel.get_weights()
-        qmodel.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
-                       metrics=["accuracy"])
+        if qat_loss == "distill":
+            from .export import keras_predict
+
+            targets, loss = keras_predict(model, x_tr), "categorical_crossentropy"
+        else:
+            targets, loss = y_tr, "sparse_categorical_crossentropy"
+        qmodel.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=["accuracy"])
         keras.utils.set_random_seed(seed)
-        h = qmodel.fit(x_tr, y_tr, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0)
+        h = qmodel.fit(x_tr, targets, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0)
         history = {k: [float(v) for v in vs] for k, vs in h.history.items()}
         acc_ft = _accuracy(qmodel, x_va, y_va)
         if acc_ft < acc_cal:  # fine-tuning made it worse on val: keep the calibrated ranges/weights
             qmodel.set_weights(calibrated)
         for b, t in zip(bns, bn_state):  # a wrapper frozen after wrapping saves a .keras that cannot reload
             b.trainable = t
-        console.print(f"QAT: fine-tuned {epochs} epoch(s) at lr {lr:g}: val accuracy {acc_cal:.3f} -> {acc_ft:.3f}"
+        console.print(f"QAT: fine-tuned {epochs} epoch(s) at lr {lr:g} ({qat_loss}): val accuracy {acc_cal:.3f} -> {acc_ft:.3f}"
                       + (" (kept the calibrated model)" if acc_ft < acc_cal else ""))
     acc_after = max(acc_ft, acc_cal)
     allowed = max(MAX_QAT_DROP, 2.0 / max(1, len(y_va)))
@@ -209,8 +226,10 @@ def qat_phase(model, train_xy, val_xy, spec, cfg, console=None):
         "val_acc_quantized_uncalibrated": acc_raw,
         "val_acc_calibrated": acc_cal,
         "val_acc_after": acc_after,
+        "val_acc_fine_tuned": acc_ft,
         "epochs": epochs,
         "lr": lr,
+        "loss": qat_loss,
         "calibration_images": n_cal,
         "kept": "calibrated" if acc_ft < acc_cal else "fine-tuned",
         "history": history,

@@ -53,6 +53,7 @@ from . import backbone, data as datamod, rundir
 from .errors import EdgetlError
 
 HEADS = ("linear", "dense128")
+QAT_LOSSES = ("distill", "labels")  # --qat-loss: QAT fine-tunes towards the float model's probabilities, or the labels
 HEAD_PREFIX = "head_"
 DEFAULT_ALPHA = 1.0
 DEFAULT_SIZE = 224
@@ -101,7 +102,9 @@ class TrainConfig(Recipe):
     augment: int = 0
     from_run: str | None = None
     qat: bool = False
-    qat_epochs: int = 2
+    qat_epochs: int = 5
+    qat_lr: float = 1e-4
+    qat_loss: str = "distill"  # edgetl.qat.LOSSES
     adapt_bn: bool = False
     feature_batch: int = 32
     base_cache: bool = True  # features from the backbone's cached TFLite copy (edgetl.backbone)
@@ -147,6 +150,10 @@ def validate(cfg: TrainConfig) -> Prepared:
         raise EdgetlError(f"--augment {cfg.augment}: at most 32 extra views per image")
     if not (cfg.lr > 0 and cfg.lr < 1):
         raise EdgetlError(f"--lr {cfg.lr}: must be between 0 and 1")
+    if not (0 < cfg.qat_lr < 1):
+        raise EdgetlError(f"--qat-lr {cfg.qat_lr}: must be between 0 and 1")
+    if cfg.qat_loss not in QAT_LOSSES:
+        raise EdgetlError(f"--qat-loss {cfg.qat_loss}: accepted values are {', '.join(QAT_LOSSES)}")
     if cfg.fine_tune_lr is not None and not (0 < cfg.fine_tune_lr < 1):
         raise EdgetlError(f"--fine-tune-lr {cfg.fine_tune_lr}: must be between 0 and 1")
     if not 0.0 <= cfg.dropout < 1.0:

@@ -165,6 +165,8 @@ def test_cli_errors_are_one_line_and_need_no_tensorflow(tmp_path, tiny_data):
     _cli_error([tiny_data, "--out", out, "--dropout", "1"], "--dropout")
     _cli_error([tiny_data, "--out", out, "--fine-tune", "500"], "--fine-tune", "154")
     _cli_error([tiny_data, "--out", out, "--augment", "-1"], "--augment")
+    _cli_error([tiny_data, "--out", out, "--qat", "--qat-loss", "kd"], "--qat-loss", "distill, labels")
+    _cli_error([tiny_data, "--out", out, "--qat", "--qat-lr", "0"], "--qat-lr")
     _cli_error([tiny_data, "--out", out, "--from", tmp_path / "norun"], "norun")
     (tmp_path / "exists").mkdir()
     _cli_error([tiny_data, "--out", tmp_path / "exists"], "--overwrite")

@@ -97,6 +97,7 @@ def test_train_cli_qat_then_export(tmp_path, monkeypatch):
     assert meta["qat"] is True
     for k in ("val_acc_before", "val_acc_after", "epochs", "seconds"):
         assert k in meta["qat_info"]
+    assert meta["qat_info"]["loss"] == "distill" and meta["config"]["qat_loss"] == "distill"  # the default
 
     def no_calibration(self):
         raise AssertionError("a QAT run must not be calibrated")
@@ -112,3 +113,42 @@ def test_train_cli_qat_then_export(tmp_path, monkeypatch):
     assert meta["source"]["qat"] is True and meta["input"]["dtype"] == "int8"
     assert meta["quantization"]["input"]["scale"] > 0
     assert m["onnx-fp32"]["parity"]["max_abs_diff"] <= m["onnx-fp32"]["parity"]["tolerance"]
+
+
+@pytest.mark.parametrize("loss", ["distill", "labels"])
+def test_qat_fine_tune_targets(tiny, monkeypatch, loss):
+    """--qat-loss distill fine-tunes towards the float model's probabilities on the training images
+    (through the run's preprocessing); labels towards the labels."""
+    import edgetl.qat as qat
+    from edgetl.data import preprocess
+    from edgetl.export import keras_predict
+    from edgetl.train import load_run_model
+
+    run, r, xy = tiny
+    model = load_run_model(run)
+    expected = keras_predict(model, preprocess(xy[0], r.preprocessing))
+    seen = {}
+    quantize = qat.quantize
+
+    class Seen(Exception):
+        pass
+
+    def spy_quantize(m):
+        q = quantize(m)
+
+        def spy_fit(x, y, **kw):  # what fit is given is the point here: stop before training
+            seen["x"], seen["y"] = np.asarray(x), np.asarray(y)
+            raise Seen
+
+        q.fit = spy_fit
+        return q
+
+    monkeypatch.setattr(qat, "quantize", spy_quantize)
+    with pytest.raises(Seen):
+        qat.qat_phase(model, xy, xy, r.preprocessing, _cfg(qat_loss=loss), None)
+    assert np.allclose(seen["x"], preprocess(xy[0], r.preprocessing))
+    if loss == "distill":
+        assert seen["y"].shape == expected.shape and np.allclose(seen["y"], expected, atol=1e-6)
+        assert np.allclose(seen["y"].sum(1), 1, atol=1e-5)
+    else:
+        assert seen["y"].ndim == 1 and (seen["y"] == np.asarray(xy[1])).all()
