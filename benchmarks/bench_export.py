@@ -108,7 +108,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--alpha", type=float, default=0.35)
     ap.add_argument("--calib", type=int, default=200)
-    ap.add_argument("--qat-epochs", type=int, default=5)
+    ap.add_argument("--qat-epochs", type=int, default=None, help="default: edgetl train's")
     ap.add_argument("--work", default="/tmp/edgetl-bench-export")  # model files stay out of the repo
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "export.json"))
     a = ap.parse_args()
@@ -118,6 +118,9 @@ def main() -> None:
     import edgetl.export as ex
     from edgetl.export import export_run
     from edgetl.train import TrainConfig, train
+
+    if a.qat_epochs is None:
+        a.qat_epochs = TrainConfig.qat_epochs
 
     # converter output sizes before edgetl.compact (the exporter's lossless post-processing)
     converter_bytes: dict[str, int] = {}

@@ -127,18 +127,20 @@ def calibrate_ranges(qmodel, x: np.ndarray, batch_size: int = 32, batches: int =
     return n
 
 
-def _accuracy(model, x: np.ndarray, y: np.ndarray, batch: int = 64) -> float:
-    """Top-1 accuracy in inference mode. One traced function per model, reused after its variables
+def _probs(model, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Probabilities in inference mode. One traced function per model, reused after its variables
     change (tracing the QAT graph costs seconds each time)."""
     tf, _, _ = _tfmot()
-    if len(x) == 0:
-        return float("nan")
     fn = _PREDICT.get(id(model))
     if fn is None or fn[0] is not model:
         fn = (model, tf.function(lambda t: model(t, training=False), reduce_retracing=True))
         _PREDICT[id(model)] = fn
-    probs = np.concatenate([np.asarray(fn[1](tf.constant(x[i:i + batch]))) for i in range(0, len(x), batch)])
-    return float((probs.argmax(1) == y).mean())
+    return np.concatenate([np.asarray(fn[1](tf.constant(x[i:i + batch]))) for i in range(0, len(x), batch)])
+
+
+def _accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy in inference mode (nan without images)."""
+    return float((_probs(model, x).argmax(1) == y).mean()) if len(x) else float("nan")
 
 
 _PREDICT: dict = {}
@@ -196,10 +198,8 @@ def qat_phase(model, train_xy, val_xy, spec, cfg, console=None):
         for b in bns:
             b.trainable = False  # keep the float model's BatchNorm statistics
         calibrated = qmodel.get_weights()
-        if qat_loss == "distill":
-            from .export import keras_predict
-
-            targets, loss = keras_predict(model, x_tr), "categorical_crossentropy"
+        if qat_loss == "distill":  # the float model's function, traced once above for acc_float
+            targets, loss = _probs(model, x_tr, batch=32), "categorical_crossentropy"
         else:
             targets, loss = y_tr, "sparse_categorical_crossentropy"
         qmodel.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=["accuracy"])

@@ -104,7 +104,7 @@ class TrainConfig(Recipe):
     qat: bool = False
     qat_epochs: int = 5
     qat_lr: float = 1e-4
-    qat_loss: str = "distill"  # edgetl.qat.LOSSES
+    qat_loss: str = "distill"  # one of QAT_LOSSES
     adapt_bn: bool = False
     feature_batch: int = 32
     base_cache: bool = True  # features from the backbone's cached TFLite copy (edgetl.backbone)
