@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data as D
+from . import cpu, data as D
 from .artifact import embed_onnx, embed_tflite, read_onnx_meta_from_session, read_tflite_meta
 from .errors import ArtifactCheckError, EdgetlError, describe
 from .formats import FORMATS, Format, parse_formats
+from .onnx_int8 import saturation_risks, unsigned_weights
 from .rundir import MANIFEST_FILE, Run, sha256_file, write_bytes, write_json
 
 DEFAULT_CALIB = 200
@@ -330,6 +331,7 @@ def onnx_from_tflite(tfl: bytes, fmt: Format) -> bytes:
         p.write_bytes(tfl)
         proto, _ = tf2onnx.convert.from_tflite(str(p), opset=fmt.options.get("opset", 17))
     _rename_io(proto)
+    unsigned_weights(proto)
     return proto.SerializeToString()
 
 
@@ -359,7 +361,11 @@ def onnx_int8_ort(ctx: ExportContext, fmt: Format, calibrate_method: str = "MinM
                         per_channel=fmt.options.get("per_channel", True), activation_type=QuantType.QInt8,
                         weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, calibrate_method),
                         nodes_to_exclude=nodes_to_exclude or [], extra_options=extra_options or {})
-        return dst.read_bytes()
+        import onnx
+
+        proto = onnx.load(str(dst))
+        unsigned_weights(proto)
+        return proto.SerializeToString()
 
 
 CONVERTERS = {
@@ -410,11 +416,15 @@ def run_tflite(model: bytes, x: np.ndarray) -> tuple[np.ndarray, dict]:
     return np.stack(probs), io
 
 
-def run_onnx(model: bytes, x: np.ndarray, batch: int = 16):
+def run_onnx(model: bytes, x: np.ndarray, batch: int = 16, precise: bool = False):
+    """Probabilities through onnxruntime; precise=True sets session.x64quantprecision=1 (u8 x u8 GEMMs
+    on x86 CPUs without VNNI, which cannot saturate)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if precise:
+        so.add_session_config_entry("session.x64quantprecision", "1")
     sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     i0, o0 = sess.get_inputs()[0], sess.get_outputs()[0]
     fixed = isinstance(i0.shape[0], int)
@@ -441,6 +451,7 @@ def artifact_meta(ctx: ExportContext, fmt: Format, io: dict, weights_quant: dict
         "preprocessing": dict(ctx.spec),
         "quantization": quant,
         **({"weights_quantization": weights_quant} if weights_quant else {}),
+        **({"int8_weights": "u8"} if fmt.suffix == ".onnx" and fmt.precision == "int8" else {}),
         "macs": int(ctx.macs),
         "source": {"run": str(ctx.run.path.resolve()), "alpha": ctx.run.meta.get("alpha"),
                    "image_size": ctx.size, "weights_sha256": w.get("sha256"), "qat": ctx.qat},
@@ -545,6 +556,8 @@ def parity(ctx: ExportContext, fmt: Format, model: bytes, max_drop: float) -> di
         "drop_points": round(100.0 * (kacc - acc), 3),
         "seconds": round(time.perf_counter() - t0, 2),
     }
+    if fmt.precision == "int8" and fmt.suffix == ".onnx":
+        res["sessions"] = check_onnx_sessions(fmt, model, probs, ctx.val_x)
     if fmt.precision == "int8":
         res["max_drop"] = max_drop
         res["ok"] = res["drop_points"] <= max_drop
@@ -562,6 +575,33 @@ def parity(ctx: ExportContext, fmt: Format, model: bytes, max_drop: float) -> di
                 f"{fmt.name}: differs from Keras by up to {res['max_abs_diff']:.2g} in probability (tolerance {tol:g}); "
                 f"top-1 agreement {100 * res['agreement']:.1f}%, accuracy {100 * acc:.1f}% vs {100 * kacc:.1f}%")
     return res
+
+
+def check_onnx_sessions(fmt: Format, model: bytes, probs: np.ndarray, x: np.ndarray) -> dict:
+    """An int8 ONNX file must give the same answers wherever it runs. From the file: no GEMM-lowered
+    layer may hold s8 weights that a non-VNNI x86 CPU can saturate. On this CPU: the default session
+    and one with session.x64quantprecision=1 must agree (on a non-VNNI x86 a difference is the
+    saturation signature; elsewhere both run the same kernels)."""
+    import onnx
+
+    risks = saturation_risks(onnx.load_from_string(model))
+    if risks:
+        raise ArtifactCheckError(f"{fmt.name}: {len(risks)} GEMM layer(s) hold s8 weights outside [-64, 63] that "
+                                 f"CPUs without VNNI can saturate (first: {risks[0]})")
+    try:
+        precise = run_onnx(model, x, precise=True)[0]
+    except Exception as e:  # onnxruntime rejects the file with the option set: not portable either
+        raise ArtifactCheckError(f"{fmt.name}: onnxruntime cannot run it with session.x64quantprecision=1 "
+                                 f"({describe(e)})") from None
+    tol = float(fmt.options.get("session_tolerance", 1e-6))
+    diff = float(np.abs(probs - precise).max()) if len(x) else 0.0
+    agree = float((probs.argmax(1) == precise.argmax(1)).mean()) if len(x) else 1.0
+    if diff > tol:
+        raise ArtifactCheckError(f"{fmt.name}: the default session and session.x64quantprecision=1 disagree by up "
+                                 f"to {diff:.2g} in probability (top-1 agreement {100 * agree:.1f}%): int8 "
+                                 "sums saturate on this CPU")
+    return {"x64quantprecision_max_abs_diff": diff, "x64quantprecision_agreement": agree, "tolerance": tol,
+            "saturation_risks": 0}
 
 
 # ---------------------------------------------------------------------------------------------- size budget
@@ -718,6 +758,7 @@ def export_run(run_path, formats: str | None = None, int8: bool = False, calib: 
             progress.advance(task)
     manifest["artifacts"].update(results)
     manifest["skipped_val"] = skipped
+    manifest["checked_on"] = cpu.features()
     manifest["seconds"] = round(time.perf_counter() - t_start, 1)
     _write_manifest(run, manifest)
     _print_table(console, run, results, kp, y, fp if ctx.qat else None)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import artifact
+from . import artifact, cpu
 from .data import preprocess, quantize
 from .errors import EdgetlError
 from .formats import FORMATS, Format, format_of_file
@@ -47,6 +47,7 @@ class Model:
         self.spec: dict = dict(meta["preprocessing"])
         self.image_size: int = int(self.spec["size"][0])
         self.load_seconds: float = 0.0
+        self.session: str = ""  # how the runtime was set up, when it matters for the answers
         # (scale, zero_point, dtype) of the model's input/output when they are integer tensors
         self.in_q: tuple[float, int, np.dtype] | None = None
         self.out_q: tuple[float, int, np.dtype] | None = None
@@ -146,6 +147,9 @@ class ONNXModel(Model):
         so.log_severity_level = 3
         if threads == 1:  # no spinning helper threads when a single core is asked for
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = self._session_mode(meta)
+        if self.session.startswith("x64quantprecision"):
+            so.add_session_config_entry("session.x64quantprecision", "1")
         t0 = time.perf_counter()
         try:
             self.sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
@@ -162,6 +166,19 @@ class ONNXModel(Model):
         if q.get("output") and o.type in ("tensor(int8)", "tensor(uint8)"):
             self.out_q = (float(q["output"]["scale"]), int(q["output"]["zero_point"]),
                           np.dtype(np.int8 if o.type == "tensor(int8)" else np.uint8))
+
+    @staticmethod
+    def _session_mode(meta: dict) -> str:
+        """How the session gets exact int8 answers on this CPU. edgetl's int8 files store GEMM weights
+        as u8 (no saturation anywhere); other int8 files on an x86 CPU without VNNI get onnxruntime's
+        session.x64quantprecision=1, which converts s8 weights to u8 at load time."""
+        if FORMATS.get(meta.get("format"), FORMATS["onnx-fp32"]).precision != "int8":
+            return "default"
+        if meta.get("int8_weights") == "u8":
+            return "default (u8 weights: exact on every CPU)"
+        if cpu.u8s8_saturates():
+            return "x64quantprecision=1 (s8 weights on an x86 CPU without VNNI)"
+        return "default (this CPU does not saturate int8 sums)"
 
     def run(self, x):
         return self.sess.run([self.out_name], {self.in_name: x})[0]

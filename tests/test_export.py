@@ -592,6 +592,85 @@ def test_bad_option_values(tiny_run):
                         "--size-budget", "0 (off) to 100")
 
 
+# ---------------------------------------------------------------------------------------------- portable int8
+def _signed_copy(proto):
+    """The u8-weight int8 ONNX file turned back into the usual s8 form (u8 - 128, zero point 0)."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    changed = 0
+    for node in proto.graph.node:
+        if node.op_type == "DequantizeLinear" and len(node.input) == 3 and node.input[2] in inits:
+            zp = numpy_helper.to_array(inits[node.input[2]])
+            if zp.dtype == np.uint8 and np.all(zp == 128):
+                w = numpy_helper.to_array(inits[node.input[0]])
+                name = node.input[0] + "_s8"
+                proto.graph.initializer.append(numpy_helper.from_array((w.astype(np.int16) - 128).astype(np.int8), name))
+                node.input[:] = [name, node.input[1]]
+                changed += 1
+    return changed
+
+
+def test_onnx_int8_cannot_saturate_checked_from_the_file(tiny_exported):
+    """The property holds in the file itself, so a VNNI or Arm machine catches a regression as well as
+    an AVX2 one: no GEMM-lowered layer holds s8 weights outside [-64, 63]. The check is not vacuous:
+    the same file in the usual s8 form is flagged, and turning it back to u8 gives bit-identical outputs."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgetl.onnx_int8 import saturation_risks, unsigned_weights
+
+    run, res = tiny_exported
+    assert res.exit_code == 0, res.output
+    proto = onnx.load(run / "model-int8.onnx")
+    assert saturation_risks(proto) == []
+    signed = onnx.load(run / "model-int8.onnx")
+    n = _signed_copy(signed)
+    assert n >= 50  # every conv of MobileNetV2
+    assert len(saturation_risks(signed)) >= 30
+    assert unsigned_weights(signed) == n and saturation_risks(signed) == []
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
+
+    def probs(p):
+        s = ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"])
+        return np.concatenate([s.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
+
+    assert np.array_equal(probs(proto), probs(signed))
+    m = json.loads((run / "manifest.json").read_text())
+    sessions = m["artifacts"]["onnx-int8"]["parity"]["sessions"]
+    assert sessions["x64quantprecision_max_abs_diff"] <= sessions["tolerance"]
+    assert m["checked_on"]["class"] and "avx2" in m["checked_on"] or "neon" in m["checked_on"]
+
+
+def test_onnx_int8_with_saturating_weights_is_refused(tiny_run, tmp_path, monkeypatch):
+    """An int8 ONNX file whose s8 weights could saturate is never written, whatever this CPU is."""
+    import edgetl.export as ex
+
+    run = _copy(tiny_run, tmp_path)
+    monkeypatch.setattr(ex, "unsigned_weights", lambda proto: 0)
+    res = runner.invoke(app, ["export", str(run), "--format", "onnx-int8", "--calib", "8", "--max-drop", "100"])
+    assert res.exit_code == 3, res.output
+    assert "saturate" in res.output and not (run / "model-int8.onnx").exists()
+
+
+def test_onnx_session_mode_follows_the_file_and_the_cpu(monkeypatch):
+    """predict/bench give exact int8 answers on a non-VNNI x86: edgetl's files need nothing; other int8
+    files get session.x64quantprecision=1 there, and only there."""
+    from edgetl import cpu
+    from edgetl.runtime import ONNXModel
+
+    avx2 = cpu.features({"flags": "fpu avx2 fma"}, "x86_64")
+    vnni = cpu.features({"flags": "avx2 fma avx512f avx512_vnni"}, "x86_64")
+    arm = cpu.features({"Features": "fp asimd asimddp"}, "aarch64")
+    assert (avx2["class"], vnni["class"], arm["class"]) == ("x86-avx2", "x86-vnni", "arm64-dotprod")
+    for feat, saturates in ((avx2, True), (vnni, False), (arm, False)):
+        monkeypatch.setattr(cpu, "features", lambda feat=feat: feat)
+        assert ONNXModel._session_mode({"format": "onnx-int8", "int8_weights": "u8"}).startswith("default")
+        mode = ONNXModel._session_mode({"format": "onnx-int8"})
+        assert mode.startswith("x64quantprecision") == saturates, mode
+        assert ONNXModel._session_mode({"format": "onnx-fp32"}) == "default"
+
+
 # ---------------------------------------------------------------------------------------------- integration
 @pytest.mark.integration
 def test_hymenoptera_int8_close_to_float(exported_run):
@@ -620,3 +699,5 @@ def test_hymenoptera_int8_close_to_float(exported_run):
             assert lost <= MAX_EXTRA_DROP["ptq"], (name, b)
     assert m["tflite-int8"]["size_budget"]["per_channel_bytes"] > 0.30 * m["tflite-fp32"]["bytes"]
     assert np.isclose(m["tflite-fp32"]["parity"]["accuracy"], keras_acc, atol=1 / 150)
+    # the ONNX int8 file gives the same answers with and without onnxruntime's saturation-free session
+    assert m["onnx-int8"]["parity"]["sessions"]["x64quantprecision_agreement"] == 1.0
