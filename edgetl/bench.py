@@ -5,6 +5,10 @@ rows measure the model, not JPEG decoding. Each artifact x thread count runs in 
 `python -m edgetl.bench_worker` process (memory and caches never leak between rows; a crash only
 fails its own row). TensorFlow is never imported here; the Keras row's worker imports it, when it is
 installed.
+
+`--emulate` (with an aarch64 `--device` profile that names a `qemu_cpu`) runs every TFLite/ONNX file
+once more with the aarch64 builds of the runtimes under user-mode QEMU (edgetl.emulate): those rows
+report accuracy and top-1 agreement with this machine's run on the same images, never latency.
 """
 
 from __future__ import annotations
@@ -17,14 +21,15 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import data, runtime
+from . import cpu, data, runtime
 from .bench_worker import RESULT_TAG
-from .errors import EdgetlError
+from .errors import ArtifactCheckError, EdgetlError
 from .formats import FORMATS
 from .rundir import META_FILE, Run, write_json
 
@@ -85,6 +90,35 @@ def load_device(name: str) -> dict:
     if bad:
         raise EdgetlError(f"--device {p}: unknown formats {bad}; valid: {', '.join(FORMATS)}")
     return prof
+
+
+def emulation_profiles() -> list[str]:
+    """Profiles that name an aarch64 core for `--emulate`."""
+    names = []
+    for n in available_devices():
+        try:
+            p = load_device(n)
+        except EdgetlError:
+            continue
+        if p.get("qemu_cpu") and p.get("arch") == "aarch64":
+            names.append(n)
+    return names
+
+
+def emulation_cpu(profile: dict | None) -> str:
+    """The core that `--emulate` runs (the profile's `qemu_cpu`), once the arm env is known to be ready."""
+    from . import emulate
+
+    accepted = ", ".join(emulation_profiles()) or "none"
+    if profile is None:
+        raise EdgetlError(f"--emulate needs --device with an aarch64 qemu_cpu: {accepted}")
+    cpu = profile.get("qemu_cpu")
+    if not cpu or profile.get("arch") != "aarch64":
+        raise EdgetlError(f"--emulate: profile {profile['name']!r} names no aarch64 qemu_cpu; use --device {accepted}")
+    if cpu not in emulate.CPUS:
+        raise EdgetlError(f"--device {profile['file']}: qemu_cpu {cpu!r} is not one of {', '.join(emulate.CPUS)}")
+    emulate.require()
+    return cpu
 
 
 # ---- host description and FP32 peak -----------------------------------------------------------------
@@ -151,7 +185,8 @@ def host_info() -> dict:
     model = ci.get("model name") or ci.get("Model") or platform.processor() or "unknown"
     return {"cpu": model, "vendor": ci.get("vendor_id"), "family": ci.get("cpu family"), "model": ci.get("model"),
             "cores": os.cpu_count(), "os": platform.platform(), "arch": platform.machine(),
-            "python": platform.python_version(), "peak": cpu_peak(ci), "versions": runtime.runtime_versions()}
+            "python": platform.python_version(), "peak": cpu_peak(ci), "versions": runtime.runtime_versions(),
+            "cpu_features": cpu.features()}
 
 
 # ---- what to measure --------------------------------------------------------------------------------
@@ -180,6 +215,11 @@ def collect_targets(paths: list[Path], formats: list[str] | None) -> list[Target
             if not [f for f in found if f.runtime != "tensorflow"]:
                 raise EdgetlError(f"RUN {p}: no exported artifacts; run `edgetl export {p}` first")
             manifest = run.manifest.get("artifacts", {})
+            for f in FORMATS.values():  # formats export could not write are named too, with the reason
+                entry = manifest.get(f.name) or {}
+                if f not in found and entry.get("status") == "failed" and (not formats or f.name in formats):
+                    out.append(Target(p / f.filename, f"{p.name}/{f.name}" if multi else f.name, f.name, run=run,
+                                      status=f"failed at export: {entry.get('reason', 'see manifest.json')}"))
             for f in found:
                 if formats and f.name not in formats:
                     continue
@@ -204,6 +244,8 @@ def assign_labels(targets: list[Target]) -> None:
 
 def describe(t: Target) -> None:
     """Read the artifact's metadata in the parent (cheap): classes, size and eval source. Errors -> status."""
+    if t.status:
+        return
     try:
         fmt, meta = runtime.identify(t.path)
     except EdgetlError as e:
@@ -289,16 +331,19 @@ def _decode(items, size, idx, tmp: Path, console, source) -> dict:
 
 
 # ---- measuring ----------------------------------------------------------------------------------------
-def run_worker(job: dict, python: str | None = None, timeout: float = WORKER_TIMEOUT_S) -> dict:
-    env = dict(os.environ)
+def run_worker(job: dict, python: str | None = None, timeout: float = WORKER_TIMEOUT_S,
+               command: list[str] | None = None, env: dict | None = None) -> dict:
+    """Run one job in a fresh `python -m edgetl.bench_worker`; `command` replaces that argv (e.g. the same
+    under QEMU) and `env` the inherited environment."""
+    env = dict(os.environ if env is None else env)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("TF_USE_LEGACY_KERAS", "1")
     # pin the math libraries' own pools to the asked thread count too (numpy's BLAS is not used for timing)
     for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[k] = str(job["threads"])
     try:
-        proc = subprocess.run([python or sys.executable, "-m", "edgetl.bench_worker"], input=json.dumps(job),
-                              capture_output=True, text=True, timeout=timeout, env=env)
+        proc = subprocess.run(command or [python or sys.executable, "-m", "edgetl.bench_worker"],
+                              input=json.dumps(job), capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"status": f"error: timed out after {timeout:.0f} s"}
     for line in reversed(proc.stdout.splitlines()):
@@ -312,7 +357,8 @@ def run_worker(job: dict, python: str | None = None, timeout: float = WORKER_TIM
 
 def bench(paths: list[Path], data_dir: Path | None = None, device: str | None = None, threads: str | None = None,
           json_path: Path | None = None, out: Path | None = None, compare: Path | None = None,
-          min_time: float = 2.0, min_runs: int = 50, formats: str | None = None, console=None) -> dict:
+          min_time: float = 2.0, min_runs: int = 50, formats: str | None = None, emulate: bool = False,
+          console=None) -> dict:
     from rich.console import Console
 
     console = console or Console()
@@ -335,6 +381,7 @@ def bench(paths: list[Path], data_dir: Path | None = None, device: str | None = 
     prev = _load_compare(compare) if compare else None
     if data_dir is not None and not Path(data_dir).is_dir():
         raise EdgetlError(f"--data {data_dir}: no such folder")
+    emu_cpu = emulation_cpu(profile) if emulate else None
 
     targets = collect_targets([Path(p) for p in paths], fmt_list)
     if not targets:
@@ -353,26 +400,35 @@ def bench(paths: list[Path], data_dir: Path | None = None, device: str | None = 
     if profile and profile.get("arch") and profile["arch"] != host_arch:
         console.print(f"[yellow]note:[/] profile {profile['name']!r} is for {profile['arch']}, this machine is "
                       f"{host_arch}: its threads/formats are applied, its reference numbers are not comparable")
+    if emu_cpu:
+        console.print(f"--emulate: each TFLite/ONNX file also runs on aarch64 kernels under QEMU ({emu_cpu}): "
+                      "accuracy and agreement with this machine only, no latency", highlight=False)
 
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="edgetl-bench-") as tmp:
         sets = prepare_eval(targets, Path(data_dir) if data_dir else None, Path(tmp), console)
-        jobs = [(t, n) for t in targets for n in thread_list]
+        jobs = [(i, t, n) for i, t in enumerate(targets) for n in thread_list]
         from rich.progress import Progress
 
         with Progress(console=console, transient=True) as prog:
             task = prog.add_task("benchmarking", total=len(jobs))
-            for t, n in jobs:
+            for i, t, n in jobs:
                 prog.update(task, description=f"{t.label} x{n} thread{'s' if n > 1 else ''}")
-                rows.append(_measure_row(t, n, sets, min_time, min_runs, peak))
+                # the first thread count's run keeps its per-image probabilities for the emulated rows
+                probs = Path(tmp) / f"host-{i}.npy" if emu_cpu and n == thread_list[0] else None
+                rows.append(_measure_row(t, n, sets, min_time, min_runs, peak, save_probs=probs))
                 prog.advance(task)
+        if emu_cpu:
+            rows = _with_emulated_rows(targets, rows, emu_cpu, sets, Path(tmp), console)
 
     result = {"edgetl_bench": 1, "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
               "device": device_name, "profile": profile, "host": host, "peak": peak,
               "settings": {"threads": thread_list, "min_time_s": min_time, "min_runs": min_runs,
-                           "formats": fmt_list, "data": str(data_dir) if data_dir else None},
+                           "formats": fmt_list, "data": str(data_dir) if data_dir else None, "emulate": emu_cpu},
               "eval_sets": [{k: v for k, v in s.items() if k not in ("pixels", "labels")} for s in sets.values()],
               "rows": rows}
+    if emu_cpu:
+        result["emulation"] = _emulation_info(emu_cpu)
     result["summary"] = summarize(rows)
     if prev is not None:
         apply_compare(rows, prev)
@@ -383,6 +439,10 @@ def bench(paths: list[Path], data_dir: Path | None = None, device: str | None = 
     result["files"] = files
     if all(r["status"] != "ok" for r in rows):
         raise EdgetlError("no artifact could be measured (see the status column)")
+    failed = [r["name"] for r in rows if r["status"].startswith(("error", "failed"))]
+    if failed:
+        raise ArtifactCheckError(f"{len(failed)} of {len(rows)} rows failed ({', '.join(dict.fromkeys(failed))}); "
+                                 "the table and files above hold every row")
     return result
 
 
@@ -393,7 +453,8 @@ def _host_slug(host: dict) -> str:
     return f"{host['arch']}-{cpu}"[:40]
 
 
-def _measure_row(t: Target, threads: int, sets: dict, min_time: float, min_runs: int, peak: dict) -> dict:
+def _measure_row(t: Target, threads: int, sets: dict, min_time: float, min_runs: int, peak: dict,
+                 save_probs: Path | None = None) -> dict:
     row = {"name": t.label, "format": t.fmt, "file": str(t.path), "threads": threads,
            "bytes": t.path.stat().st_size if t.path.is_file() else None, "status": t.status or "ok",
            **t.extra}
@@ -409,6 +470,8 @@ def _measure_row(t: Target, threads: int, sets: dict, min_time: float, min_runs:
     ev = sets.get(t.eval_key) if t.eval_key else None
     job = {"path": str(t.path), "threads": threads, "min_time": min_time, "min_runs": min_runs,
            "pixels": ev["pixels"] if ev else None, "labels": ev["labels"] if ev else None}
+    if save_probs is not None and ev:
+        job["save_probs"] = str(save_probs)
     res = run_worker(job)
     res.pop("traceback", None)
     row.update({k: v for k, v in res.items() if k not in ("classes",) and not (k == "macs" and v is None)})
@@ -422,8 +485,79 @@ def _measure_row(t: Target, threads: int, sets: dict, min_time: float, min_runs:
     return row
 
 
+# ---- emulated rows: the same files on aarch64 kernels under QEMU ---------------------------------------
+def _with_emulated_rows(targets: list[Target], rows: list[dict], cpu: str, sets: dict, tmp: Path,
+                        console) -> list[dict]:
+    """Every TFLite/ONNX target once more under QEMU, its row placed right after its host rows.
+    Runs after all host timing (so QEMU never competes with a timed row), two at a time on 2+ cores."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rich.progress import Progress
+
+    todo = [(i, t) for i, t in enumerate(targets) if t.fmt != "keras"]
+    with Progress(console=console, transient=True) as prog, \
+            ThreadPoolExecutor(max(1, min(2, os.cpu_count() or 1))) as pool:
+        task = prog.add_task(f"{cpu} (emulated): {len(todo)} file(s)", total=len(todo))
+        futures = {}
+        for i, t in todo:
+            futures[i] = pool.submit(_emulated_row, t, cpu, sets, tmp / f"host-{i}.npy", tmp / f"emu-{i}.npy")
+            futures[i].add_done_callback(lambda _: prog.advance(task))
+        per_target = len(rows) // max(1, len(targets))
+        out: list[dict] = []
+        for i in range(len(targets)):
+            out += rows[i * per_target:(i + 1) * per_target]
+            if i in futures:
+                out.append(futures[i].result())
+    return out
+
+
+def _emulated_row(t: Target, cpu: str, sets: dict, host_probs: Path, emu_probs: Path) -> dict:
+    from . import emulate
+
+    row = {"name": f"{t.label} @{cpu} (emulated)", "format": t.fmt, "file": str(t.path), "threads": 1,
+           "bytes": t.path.stat().st_size if t.path.is_file() else None, "status": t.status or "ok",
+           "emulated_cpu": cpu, "alpha": ((t.meta or {}).get("source") or {}).get("alpha")}
+    ev = sets.get(t.eval_key) if t.eval_key else None
+    if t.status:
+        return row
+    if ev is None:
+        row["status"] = "skipped: no labelled images to compare with this machine (pass --data DIR)"
+        return row
+    job = {"path": str(t.path), "threads": 1, "min_time": 0.0, "min_runs": 0, "timing": False,
+           "pixels": ev["pixels"], "labels": ev["labels"], "save_probs": str(emu_probs)}
+    start = time.perf_counter()
+    res = emulate.run_job(job, cpu, timeout=WORKER_TIMEOUT_S + 10 * ev["images"])
+    # wall time of the whole emulated process: how long the check took, NOT a device latency
+    row["emulation_wall_s"] = round(time.perf_counter() - start, 1)
+    row.update({k: res[k] for k in ("status", "accuracy", "per_class_accuracy", "eval_images", "runtime",
+                                     "input_dtype", "macs", "image_size") if k in res})
+    if row["status"] == "ok":
+        row.update(agreement(host_probs, emu_probs))
+    return row
+
+
+def agreement(host_probs: Path, emu_probs: Path) -> dict:
+    """Per-image comparison of two runs of one file: top-1 agreement, max |Δp|, which images differ."""
+    if not host_probs.is_file():
+        return {"agreement_note": "the run on this machine failed or had no images: nothing to compare"}
+    h, e = np.load(host_probs), np.load(emu_probs)
+    ht, et = h.argmax(1), e.argmax(1)
+    return {"agreement_vs_host": float((ht == et).mean()), "max_abs_dp_vs_host": float(np.abs(h - e).max()),
+            "disagreements_vs_host": np.flatnonzero(ht != et).tolist(), "top1": et.tolist(),
+            "host_top1": ht.tolist()}
+
+
+def _emulation_info(cpu: str) -> dict:
+    from . import emulate
+
+    st = emulate.status()
+    return {"cpu": cpu, "qemu": f"qemu-aarch64-static {st.get('qemu')} (Debian)", "guest_python": st.get("python"),
+            "runtimes": st.get("pins"), "env": st["path"],
+            "note": "accuracy and top-1 agreement only: timing under emulation is not device latency"}
+
+
 def summarize(rows: list[dict]) -> dict:
-    ok = [r for r in rows if r["status"] == "ok" and r.get("latency_ms")]
+    ok = [r for r in rows if r["status"] == "ok" and r.get("latency_ms") and not r.get("emulated_cpu")]
     out: dict = {}
     if not ok:
         return out
@@ -463,10 +597,12 @@ def apply_compare(rows: list[dict], prev: dict) -> None:
     old = {(r.get("name"), r.get("threads")): r for r in prev["rows"]}
     by_fmt: dict = {}
     for r in prev["rows"]:
-        by_fmt.setdefault((r.get("format"), r.get("threads")), []).append(r)
+        if not r.get("emulated_cpu"):
+            by_fmt.setdefault((r.get("format"), r.get("threads")), []).append(r)
     for r in rows:
         o = old.get((r["name"], r["threads"]))
-        if o is None and len(by_fmt.get((r["format"], r["threads"]), [])) == 1:  # same format, renamed row
+        if o is None and not r.get("emulated_cpu") and len(by_fmt.get((r["format"], r["threads"]), [])) == 1:
+            # same format, renamed row (an emulated row is only ever compared with an emulated row)
             o = by_fmt[(r["format"], r["threads"])][0]
         if o is None:
             r["compare"] = {"note": "new row"}
@@ -493,11 +629,14 @@ def render(result: dict, console) -> None:
     rows = result["rows"]
     host = result["host"]
     comp = any("compare" in r for r in rows)
+    emu = any(r.get("emulated_cpu") for r in rows)
     tab = Table(title=f"edgetl bench — {result['device']} — {host['cpu']}, {host['cores']} cores, {host['arch']}",
                 title_justify="left")
     cols = [("artifact", "left"), ("thr", "right"), ("load ms", "right"), ("p50 ms", "right"),
             ("p90/p99 ms", "right"), ("mean ± std", "right"), ("cpu ms", "right"), ("img/s", "right"), ("accuracy", "right"),
             ("MB", "right"), ("RSS MB", "right"), ("GMAC/s (% peak)", "right")]
+    if emu:
+        cols.insert(cols.index(("accuracy", "right")) + 1, ("top-1 vs host", "right"))
     if comp:
         cols += [("Δ p50", "right"), ("Δ acc", "right")]
     cols.append(("status", "left"))
@@ -513,8 +652,11 @@ def render(result: dict, console) -> None:
                  f"{lat['mean']:.2f} ± {lat['std']:.2f}" if lat else "–", _fmt((r.get("cpu_ms") or {}).get("p50")),
                  _fmt(r.get("throughput_ips"), ".0f"),
                  f"{100 * acc:.1f}%" if acc is not None else "–",
-                 _fmt(r["bytes"] / 1e6 if r.get("bytes") else None), _fmt(r.get("peak_rss_mb"), ".0f"),
+                 _fmt(r["bytes"] / 1e6 if r.get("bytes") else None),
+                 _fmt(None if r.get("emulated_cpu") else r.get("peak_rss_mb"), ".0f"),
                  (f"{gm:.1f}" + (f" ({pct:.0f}%)" if pct is not None else "")) if gm is not None else "–"]
+        if emu:
+            cells.insert(cols.index(("top-1 vs host", "right")), _agreement_cell(r))
         if comp:
             c = r.get("compare", {})
             cells += [f"{c['p50_change_pct']:+.1f}%" if "p50_change_pct" in c else c.get("note", "–"),
@@ -526,15 +668,23 @@ def render(result: dict, console) -> None:
     if not console.is_terminal:  # files and pipes get the full table (rich would squeeze it into 80 columns)
         from rich.console import Console
 
-        Console(file=console.file, width=max(console.width, 170), no_color=console.no_color).print(tab)
+        Console(file=console.file, width=max(console.width, 200 if emu else 170), no_color=console.no_color).print(tab)
     else:
         console.print(tab)
     for r in rows:
         for mode, st in (r.get("keras_modes_ms") or {}).items():
             console.print(f"{r['name']} x{r['threads']} called as {mode.replace('_', ' ')}: p50 {st['p50']:.2f} ms "
                           f"(the row above times the model traced once into a tf.function graph)", highlight=False)
+    for name, session in dict.fromkeys((r["name"], r["session"]) for r in rows if r.get("session") not in (None, "", "default")):
+        console.print(f"{name}: onnxruntime session {session}", highlight=False)
     console.print("cpu ms = process CPU time per inference (p50): not inflated when other programs share the CPU",
                   highlight=False)
+    if emu:
+        em = result.get("emulation") or {}
+        console.print(f"(emulated) rows: the same files run by the aarch64 builds of the runtimes under "
+                      f"qemu-aarch64-static -cpu {em.get('cpu')}: accuracy, and top-1 vs host = share of images whose "
+                      "top-1 equals this machine's run of the file (Δp≤ = largest probability difference); "
+                      "no latency: emulated, not device latency", highlight=False)
     pk = result["peak"]
     if pk.get("fp32_gflops_per_core"):
         console.print(f"FP32 peak per core: {pk['fp32_gflops_per_core']} GFLOP/s = {pk.get('fp32_gmacs_per_core')} "
@@ -568,9 +718,17 @@ def render(result: dict, console) -> None:
                           f"{ref.get('threads', '?')} threads) — {ref.get('source')}", highlight=False)
 
 
+def _agreement_cell(r: dict) -> str:
+    a = r.get("agreement_vs_host")
+    if a is None:
+        return "–"
+    return f"{100 * a:.1f}% (Δp≤{r['max_abs_dp_vs_host']:.3f})"
+
+
 CSV_COLUMNS = ["name", "format", "threads", "status", "load_ms", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms",
                "runs", "cpu_p50_ms", "throughput_ips", "accuracy", "eval_images", "bytes", "peak_rss_mb", "macs", "gmacs_per_s",
-               "pct_of_fp32_peak", "image_size", "alpha", "file"]
+               "pct_of_fp32_peak", "image_size", "alpha", "file", "emulated_cpu", "agreement_vs_host",
+               "max_abs_dp_vs_host", "emulation_wall_s"]
 
 
 def write_outputs(result: dict, paths: list[Path], out: Path | None, json_path: Path | None, device: str,

@@ -3,6 +3,10 @@
 The parent (edgetl.bench) starts one worker per artifact and thread count, so memory and warm caches
 never leak between rows, and a crashing runtime only fails its own row. The result is one line on
 stdout prefixed with RESULT_TAG (runtimes may print their own chatter).
+
+Optional job keys: "timing": false skips the timed runs (accuracy only, e.g. under QEMU, where
+timing means nothing); "save_probs": PATH writes the per-image probabilities (N, C) there as .npy.
+Imports stay lazy and need only numpy and the runtimes: this module also runs under emulation.
 """
 
 from __future__ import annotations
@@ -47,12 +51,39 @@ def measure(job: dict) -> dict:
     res["load_ms"] = (time.perf_counter() - t0) * 1e3
     res["runtime_load_ms"] = model.load_seconds * 1e3
     res.update(format=model.format.name, runtime=model.format.runtime, classes=model.classes,
-               image_size=model.image_size, input_dtype=str(model.in_dtype), macs=model.meta.get("macs"))
+               image_size=model.image_size, input_dtype=str(model.in_dtype), macs=model.meta.get("macs"),
+               session=model.session)
 
     pixels = labels = None
     if job.get("pixels"):
         pixels = np.load(job["pixels"], mmap_mode="r")
         labels = np.load(job["labels"]) if job.get("labels") else None
+    if job.get("timing", True):
+        res.update(_time_model(model, pixels, job))
+    res["peak_rss_mb"] = peak_rss_mb()  # after load + timing: what running the model needs
+    res["rss_at_start_mb"] = rss_start
+
+    if pixels is not None and labels is not None and len(labels):
+        probs = []
+        for i in range(0, len(pixels), 64):  # chunks: bounded memory even for big folders
+            probs.append(model.predict_prepared(model.prepare(np.asarray(pixels[i:i + 64]))))
+        probs = np.concatenate(probs)
+        pred = probs.argmax(1)
+        res["accuracy"] = float((pred == labels).mean())
+        res["per_class_accuracy"] = {c: (float((pred[labels == k] == k).mean()) if (labels == k).any() else None)
+                                     for k, c in enumerate(model.classes)}
+        res["eval_images"] = int(len(labels))
+        if job.get("save_probs"):
+            np.save(job["save_probs"], probs)
+    model.close()
+    return res
+
+
+def _time_model(model, pixels, job: dict) -> dict:
+    """First-inference, steady-state latency and CPU time of batch-1 runs (plus Keras' other call modes)."""
+    import numpy as np
+
+    res: dict = {}
     if pixels is not None and len(pixels):
         x = model.prepare(np.asarray(pixels[:1]))
     else:
@@ -98,19 +129,6 @@ def measure(job: dict) -> dict:
                 t.append(time.perf_counter_ns() - a)
             res["keras_modes_ms"][mode] = {"p50": float(np.percentile(t, 50)) / 1e6, "min": min(t) / 1e6,
                                            "runs": len(t)}
-    res["peak_rss_mb"] = peak_rss_mb()  # after load + timing: what running the model needs
-    res["rss_at_start_mb"] = rss_start
-
-    if pixels is not None and labels is not None and len(labels):
-        preds = []
-        for i in range(0, len(pixels), 64):  # chunks: bounded memory even for big folders
-            preds.append(model.predict_prepared(model.prepare(np.asarray(pixels[i:i + 64]))).argmax(1))
-        pred = np.concatenate(preds)
-        res["accuracy"] = float((pred == labels).mean())
-        res["per_class_accuracy"] = {c: (float((pred[labels == k] == k).mean()) if (labels == k).any() else None)
-                                     for k, c in enumerate(model.classes)}
-        res["eval_images"] = int(len(labels))
-    model.close()
     return res
 
 

@@ -142,13 +142,17 @@ def bench(
     min_time: float = typer.Option(2.0, "--min-time", help="Minimum timed seconds per row (after warm-up)"),
     min_runs: int = typer.Option(50, "--min-runs", help="Minimum timed runs per row"),
     formats: Optional[str] = typer.Option(None, "--format", help="Only these registry formats, comma-separated"),
+    emulate: bool = typer.Option(False, "--emulate", help="Also run each TFLite/ONNX file on the --device's aarch64 "
+                                 "core under QEMU: accuracy and top-1 agreement with this machine, no latency "
+                                 "(needs `make arm-env`)"),
 ) -> None:
     """On-CPU latency, accuracy, size and memory of every artifact, side by side (no TensorFlow needed)."""
     from .bench import bench as run_bench
 
     con = Console()
     res = run_bench(target, data_dir=data, device=device, threads=threads, json_path=json_out, out=out,
-                    compare=compare, min_time=min_time, min_runs=min_runs, formats=formats, console=con)
+                    compare=compare, min_time=min_time, min_runs=min_runs, formats=formats, emulate=emulate,
+                    console=con)
     model = next((r["file"] for r in res["rows"] if r["status"] == "ok" and r["format"] != "keras"), None)
     if model:
         con.print(f"next: edgetl predict {model} IMAGE_OR_DIR", highlight=False, soft_wrap=True)

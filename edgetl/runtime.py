@@ -148,13 +148,8 @@ class ONNXModel(Model):
         if threads == 1:  # no spinning helper threads when a single core is asked for
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = self._session_mode(meta)
-        if self.session.startswith("x64quantprecision"):
-            so.add_session_config_entry("session.x64quantprecision", "1")
         t0 = time.perf_counter()
-        try:
-            self.sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise EdgetlError(f"{path}: onnxruntime cannot load it ({_first_line(e)})") from None
+        self.sess = self._open(ort, path, so, self.session.startswith("x64quantprecision"))
         self.load_seconds = time.perf_counter() - t0
         i, o = self.sess.get_inputs()[0], self.sess.get_outputs()[0]
         self.in_name, self.out_name = i.name, o.name
@@ -166,6 +161,28 @@ class ONNXModel(Model):
         if q.get("output") and o.type in ("tensor(int8)", "tensor(uint8)"):
             self.out_q = (float(q["output"]["scale"]), int(q["output"]["zero_point"]),
                           np.dtype(np.int8 if o.type == "tensor(int8)" else np.uint8))
+
+    def _open(self, ort, path, so, precise: bool):
+        """The session; with precise=True one with session.x64quantprecision=1, checked by one run.
+        onnxruntime cannot apply that option to some s8 files (shared or missing per-channel zero
+        points): those fall back to the default session, and `session` says their sums may saturate."""
+        if precise:
+            try:
+                so.add_session_config_entry("session.x64quantprecision", "1")
+                sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+                i = sess.get_inputs()[0]
+                shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
+                dtype = {"tensor(int8)": np.int8, "tensor(uint8)": np.uint8}.get(i.type, np.float32)
+                sess.run(None, {i.name: np.zeros(shape, dtype)})
+                return sess
+            except Exception:
+                so.add_session_config_entry("session.x64quantprecision", "0")
+                self.session = ("default (session.x64quantprecision=1 fails on this file: its int8 sums may "
+                                "saturate on this CPU)")
+        try:
+            return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise EdgetlError(f"{path}: onnxruntime cannot load it ({_first_line(e)})") from None
 
     @staticmethod
     def _session_mode(meta: dict) -> str:

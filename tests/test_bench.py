@@ -96,7 +96,8 @@ def test_failing_artifact_gets_status_and_run_goes_on(c_run, tmp_path):
     txt.write_text("not a model")
     r = runner.invoke(app, ["bench", str(bad), str(c_run / "model-fp32.onnx"), str(txt), *FAST,
                             "--out", str(tmp_path / "o")])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 3, r.output  # the table and files hold every row; the exit status says some failed
+    assert "2 of 3 rows failed" in r.output.replace("\n", " ")
     res = json.loads((tmp_path / "o" / "bench.json").read_text())
     st = {Path(row["file"]).name: row["status"] for row in res["rows"]}
     assert st["model-fp32.onnx"] == "ok"
@@ -104,6 +105,22 @@ def test_failing_artifact_gets_status_and_run_goes_on(c_run, tmp_path):
     assert st["notes.onnx"].startswith("error:") and "neither a TFLite" in st["notes.onnx"]
     # bare file next to its run: accuracy still comes from that run's val split
     assert [row for row in res["rows"] if row["status"] == "ok"][0]["eval_images"] == 6
+
+
+def test_format_that_failed_at_export_is_named_and_the_others_are_benched(c_run, tmp_path):
+    """`make demo` on a CPU where one format fails its export check still benches the others, and the
+    table names the failed format with export's reason."""
+    run = tmp_path / "run"
+    shutil.copytree(c_run, run)
+    reason = "onnx-int8: accuracy 80.0% vs Keras 90.0% (drop 10.0 points > --max-drop 2)"
+    (run / "manifest.json").write_text(json.dumps({"artifacts": {
+        "onnx-int8": {"file": "model-int8.onnx", "status": "failed", "reason": reason}}}))
+    r = runner.invoke(app, ["bench", str(run), *FAST, "--out", str(tmp_path / "o")])
+    assert r.exit_code == 3, r.output
+    rows = {row["format"]: row for row in json.loads((tmp_path / "o" / "bench.json").read_text())["rows"]}
+    assert rows["onnx-int8"]["status"] == f"failed at export: {reason}"
+    assert all(rows[f]["status"] == "ok" for f in ("tflite-fp32", "tflite-int8", "onnx-fp32"))
+    assert "failed at export" in r.output
 
 
 def test_data_folder_with_unreadable_image_is_counted(c_run, tmp_path):

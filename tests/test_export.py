@@ -642,6 +642,33 @@ def test_onnx_int8_cannot_saturate_checked_from_the_file(tiny_exported):
     assert m["checked_on"]["class"] and "avx2" in m["checked_on"] or "neon" in m["checked_on"]
 
 
+def test_foreign_s8_onnx_file_still_runs_and_says_how(tiny_exported, tmp_path):
+    """An int8 ONNX file with s8 weights (another tool's, or an older export): on a non-VNNI x86 the
+    runtime asks onnxruntime for exact u8 x u8 sums; where onnxruntime cannot apply that to the file it
+    falls back to the default session and says that the sums may saturate."""
+    import onnx
+
+    from edgetl import cpu, runtime
+    from edgetl.artifact import embed_onnx, read_meta
+
+    run, _ = tiny_exported
+    proto = onnx.load(run / "model-int8.onnx")
+    meta = read_meta(run / "model-int8.onnx")
+    meta.pop("int8_weights")
+    assert _signed_copy(proto) >= 50
+    embed_onnx(proto, meta)
+    path = tmp_path / "foreign-int8.onnx"
+    path.write_bytes(proto.SerializeToString())
+    m = runtime.load(path)
+    x = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    p = m.predict_pixels(x)
+    assert p.shape == (2, 2) and np.allclose(p.sum(1), 1, atol=0.02)
+    if cpu.u8s8_saturates():
+        assert "x64quantprecision" in m.session, m.session
+    else:
+        assert m.session.startswith("default (this CPU"), m.session
+
+
 def test_onnx_int8_with_saturating_weights_is_refused(tiny_run, tmp_path, monkeypatch):
     """An int8 ONNX file whose s8 weights could saturate is never written, whatever this CPU is."""
     import edgetl.export as ex
