@@ -27,7 +27,7 @@ $(VENV)/.stamp: pyproject.toml
 $(LIGHT)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(LIGHT)
 	$(LIGHT)/bin/pip install -q --upgrade pip
-	$(LIGHT)/bin/pip install -q -e .
+	$(LIGHT)/bin/pip install -q -e '.[test]'
 	touch $@
 
 venv: $(VENV)/.stamp
@@ -35,7 +35,7 @@ light: $(LIGHT)/.stamp
 
 # aarch64 python + runtimes under QEMU for `edgetl bench --emulate` (~130 MB once, in ~/.cache/edgetl/arm-env)
 arm-env: $(VENV)/.stamp
-	$(BIN)/python -m edgetl.emulate setup
+	$(BIN)/python -m edgetl.bench.emulate setup
 
 demo: $(VENV)/.stamp
 	@if [ -z "$(DATA)" ]; then \
@@ -47,11 +47,16 @@ demo: $(VENV)/.stamp
 	$(BIN)/edgetl export $(RUN) --int8 --keep-going || [ $$? -eq 3 ]
 	$(BIN)/edgetl bench $(RUN) || [ $$? -eq 3 ]
 
+# Everything: the import contracts, the unit tier in the light install (no TensorFlow there), then the
+# tf, integration and emulated tiers in the full one.
 test: $(VENV)/.stamp $(LIGHT)/.stamp arm-env
-	EDGETL_LIGHT_PYTHON=$(abspath $(LIGHT))/bin/python EDGETL_SHARED=$(SHARED) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/lint-imports
+	$(LIGHT)/bin/python -m pytest -q tests/unit $(PYTEST_ARGS)
+	EDGETL_LIGHT_PYTHON=$(abspath $(LIGHT))/bin/python EDGETL_SHARED=$(SHARED) $(BIN)/python -m pytest -q \
+	  tests/tf tests/integration tests/emulated $(PYTEST_ARGS)
 
-test-unit: $(VENV)/.stamp
-	$(BIN)/python -m pytest -q -m "not integration" $(PYTEST_ARGS)
+test-unit: $(LIGHT)/.stamp
+	$(LIGHT)/bin/python -m pytest -q tests/unit $(PYTEST_ARGS)
 
 # All benchmarks, one after another (JSON in benchmarks/results/).
 bench: bench-train bench-export bench-runtime bench-compare

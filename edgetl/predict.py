@@ -1,6 +1,6 @@
 """`edgetl predict MODEL IMAGE_OR_DIR...`: top-k labels from one exported .tflite/.onnx file.
 
-Same decoding (data.load_image) and preprocessing (data.preprocess with the spec stored in the
+Same decoding (core.images.load_image) and preprocessing (core.images.preprocess with the spec stored in the
 artifact) as training. No TensorFlow: runs with the light install.
 """
 
@@ -8,12 +8,23 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import data, runtime
-from .errors import EdgetlError
+from .core import data, images, runtime
+from .core.config import REQUIRED, opt
+from .core.errors import EdgetlError
+
+
+@dataclass
+class PredictConfig:
+    model: str = opt(REQUIRED, ".tflite or .onnx file exported by edgetl", argument=True)
+    images: list[str] = opt(REQUIRED, "Image files or folders (walked recursively)", argument=True)
+    top_k: int = opt(3, "How many labels to show per image", "--top-k", "-k")
+    json: bool = opt(False, "Print one JSON document to stdout", "--json")
+    threads: int = opt(1, "CPU threads for the runtime")
 
 
 def predict(model_path: Path, inputs: list[Path], top_k: int = 3, as_json: bool = False, threads: int = 1,
@@ -31,8 +42,8 @@ def predict(model_path: Path, inputs: list[Path], top_k: int = 3, as_json: bool 
     results, skipped = [], []
     for f in files:
         try:
-            px = data.load_image(f, model.image_size)
-        except data.ImageDecodeError as e:
+            px = images.load_image(f, model.image_size)
+        except images.ImageDecodeError as e:
             skipped.append({"file": str(f), "reason": str(e)})
             continue
         probs = model.predict_pixels(px[None])[0]

@@ -1,0 +1,182 @@
+"""Run directories: the files that carry a model from train to export to bench.
+
+RUN/
+  model.keras      trained Keras model (input: preprocessed NHWC float32 in [-1, 1])
+  labels.txt       one class name per line, in output order
+  edgetl.json      metadata: classes, image size, preprocessing, alpha, weights + sha256, seed,
+                   config, split file lists, skipped files, history, metrics, timings, versions
+  manifest.json    written by export: every artifact with size, sha256 and parity results
+  *.png            training curves, confusion matrix; bench/ holds bench results
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import EdgetlError
+
+META_FILE = "edgetl.json"
+MANIFEST_FILE = "manifest.json"
+LABELS_FILE = "labels.txt"
+MODEL_FILE = "model.keras"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Atomic JSON write (temp file in the same folder, then rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Atomic binary write: a reader never sees a half-written artifact."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(o):
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:
+        pass
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | Path, overwrite: bool = False):
+    """Build a directory in a hidden sibling and move it into place only when the block succeeds.
+
+    A failure or Ctrl-C leaves no half-written run and never damages an existing one: the old
+    directory is replaced only after the new one is complete.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise EdgetlError(f"--out {out} already exists; pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise EdgetlError(f"--out {out} exists and is not a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        yield tmp
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            os.replace(out, old / "d")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def versions(*modules: str) -> dict:
+    """Versions of the named packages that are importable (never imports TensorFlow itself)."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "edgetl": edgetl_version()}
+    for m in modules:
+        try:
+            out[m] = metadata.version(m)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def edgetl_version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+class Run:
+    """A run directory read back from disk (validated)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise EdgetlError(f"RUN {self.path}: no such folder")
+        meta_path = self.path / META_FILE
+        if not self.path.is_dir() or not meta_path.is_file():
+            raise EdgetlError(f"RUN {self.path}: not an edgetl run (no {META_FILE}); create one with `edgetl train`")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise EdgetlError(f"RUN {self.path}: {META_FILE} is corrupt ({e.msg if hasattr(e, 'msg') else e})") from None
+        for k in ("classes", "image_size", "preprocessing"):
+            if k not in self.meta:
+                raise EdgetlError(f"RUN {self.path}: {META_FILE} lacks {k!r}; re-run `edgetl train`")
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.meta["image_size"])
+
+    @property
+    def preprocessing(self) -> dict:
+        return dict(self.meta["preprocessing"])
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    def require_model(self) -> Path:
+        if not self.model_path.exists():
+            raise EdgetlError(f"RUN {self.path}: no trained model ({MODEL_FILE}); re-run `edgetl train`")
+        return self.model_path
+
+    def split_items(self, which: str) -> list[tuple[str, int]]:
+        """(path, label) items of the run's 'train' or 'val' split, as recorded at training time."""
+        items = self.meta.get("split", {}).get(which, [])
+        return [(p, int(y)) for p, y in items]
+
+    @property
+    def manifest(self) -> dict:
+        p = self.path / MANIFEST_FILE
+        if not p.exists():
+            return {"artifacts": {}}
+        return json.loads(p.read_text())
+
+    def write_meta(self) -> None:
+        write_json(self.path / META_FILE, self.meta)

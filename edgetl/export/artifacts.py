@@ -1,0 +1,91 @@
+"""Finishing a converter's output: lossless compaction (proved bit-identical on validation images) and
+edgetl's metadata embedded in the file (read back through the deployment runtime's own loader)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.artifact import embed_onnx, embed_tflite, read_onnx_meta_from_session, read_tflite_meta
+from ..core.errors import ArtifactCheckError
+from ..core.flatbuffer import compact_tflite
+from ..core.formats import Format
+from ..core.runtime import ONNXRunner, TFLiteRunner
+from .context import ExportContext
+from .onnx_compact import compact_onnx, shorten_onnx_names
+
+
+def artifact_meta(ctx: ExportContext, fmt: Format, io: dict, weights_quant: dict | None = None) -> dict:
+    from .. import __version__
+
+    w = ctx.run.meta.get("weights") or {}
+    quant = None
+    if io.get("qi") or io.get("qo"):
+        quant = {"input": io.get("qi"), "output": io.get("qo")}
+    return {
+        "edgetl_version": __version__,
+        "format": fmt.name,
+        "classes": list(ctx.classes),
+        "input": {"name": io["in_name"], "shape": io["in_shape"], "layout": "NHWC", "dtype": io["in_dtype"]},
+        "output": {"name": io["out_name"], "shape": [1, len(ctx.classes)], "dtype": io["out_dtype"],
+                   "kind": "probabilities"},
+        "preprocessing": dict(ctx.spec),
+        "quantization": quant,
+        **({"weights_quantization": weights_quant} if weights_quant else {}),
+        **({"int8_weights": "u8"} if fmt.suffix == ".onnx" and fmt.precision == "int8" else {}),
+        "macs": int(ctx.macs),
+        "source": {"run": str(ctx.run.path.resolve()), "alpha": ctx.run.meta.get("alpha"),
+                   "image_size": ctx.size, "weights_sha256": w.get("sha256"), "qat": ctx.qat},
+    }
+
+
+def embed(ctx: ExportContext, fmt: Format, raw: bytes, weights_quant: dict | None = None) -> tuple[bytes, dict]:
+    """Embed edgetl metadata and read it back through the deployment runtime's own loader."""
+    if fmt.suffix == ".tflite":
+        io = TFLiteRunner(raw).io()
+        meta = artifact_meta(ctx, fmt, io, weights_quant)
+        out = embed_tflite(raw, meta)
+        back = read_tflite_meta(out)
+    else:
+        import onnx
+        import onnxruntime as ort
+
+        io = ONNXRunner(raw, precise=False).io()
+        meta = artifact_meta(ctx, fmt, io, weights_quant)
+        proto = onnx.load_from_string(raw)
+        embed_onnx(proto, meta)
+        out = proto.SerializeToString()
+        back = read_onnx_meta_from_session(ort.InferenceSession(out, providers=["CPUExecutionProvider"]))
+    if back != meta:
+        raise ArtifactCheckError(f"{fmt.name}: embedded metadata did not read back intact")
+    return out, meta
+
+
+LOSSLESS_CHECK_IMAGES = 8
+
+
+def compact(fmt: Format, raw: bytes) -> bytes:
+    """Lossless size reductions of a converter's output (core.flatbuffer, export.onnx_compact), the same
+    for every format of a family so that size ratios between formats stay fair."""
+    if fmt.suffix == ".tflite":
+        return compact_tflite(raw)
+    import onnx
+
+    proto = onnx.load_from_string(raw)
+    compact_onnx(proto)
+    shorten_onnx_names(proto)
+    return proto.SerializeToString()
+
+
+def compact_checked(ctx: ExportContext, fmt: Format, raw: bytes) -> bytes:
+    """compact(), then proof that it changed nothing but bytes: same I/O (names, dtypes, shapes,
+    quantization) and bit-identical outputs to the raw converter output on validation images."""
+    slim = compact(fmt, raw)
+    x = ctx.val_x[:LOSSLESS_CHECK_IMAGES]
+    runners = [(TFLiteRunner(m) if fmt.suffix == ".tflite" else ONNXRunner(m, precise=False)) for m in (raw, slim)]
+    same_io = runners[0].io() == runners[1].io()
+    a, b = (r.outputs(x) for r in runners)
+    if not same_io or not np.array_equal(a, b):
+        raise ArtifactCheckError(f"{fmt.name}: the compacted file does not behave exactly like the converter's "
+                                 f"output ({'outputs differ' if same_io else 'inputs/outputs differ'}); "
+                                 "this is an edgetl bug, please report it")
+    return slim

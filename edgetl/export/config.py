@@ -1,0 +1,66 @@
+"""`edgetl export`'s options and their checks, made before TensorFlow is imported."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.config import REQUIRED, opt
+from ..core.errors import EdgetlError
+from ..core.formats import EXPORT_FORMATS, parse_formats
+from ..core.rundir import Run
+
+
+@dataclass
+class ExportConfig:
+    run: str = opt(REQUIRED, "Run directory from `edgetl train`", argument=True)
+    int8: bool = opt(False, "Also export the int8 formats (calibrated, or QAT ranges)", "--int8")
+    format: str | None = opt(None, "Comma-separated formats (any subset): " + ", ".join(EXPORT_FORMATS),
+                             "--format", "-f")
+    calib: int = opt(200, "int8 calibration: number of training images (seeded sample)")
+    max_drop: float = opt(2.0, "int8 fails if it loses more accuracy points than this")
+    keep_going: bool = opt(False, "A failed format gets a reason; the others finish", "--keep-going")
+    size_budget: float = opt(30.0, "int8 files above this % of their fp32 file give per-tensor weight scales to "
+                                   "the layers that lose least by it, if accuracy holds (0 = off: converter's "
+                                   "per-channel file)")
+    seed: int | None = opt(None, "Calibration sample seed (default: the run's)", cli=False)
+
+
+def check_run(run_path: str | Path) -> Run:
+    run = Run(run_path)
+    model_path = run.require_model()
+    if model_path.stat().st_size == 0 or not zipfile.is_zipfile(model_path):
+        raise EdgetlError(f"RUN {run.path}: {model_path.name} is corrupt (not a Keras archive); re-run `edgetl train`")
+    return run
+
+
+def _existing(items):
+    return [(p, y) for p, y in items if Path(p).is_file()]
+
+
+def check_inputs(run_path, fmt_spec: str | None, int8: bool, calib: int, max_drop: float,
+                 size_budget: float = 30.0):
+    """Everything the user can get wrong, checked before TensorFlow is imported."""
+    fmts = parse_formats(fmt_spec, int8)
+    if not 0 <= size_budget <= 100:
+        raise EdgetlError(f"--size-budget {size_budget:g}: must be a percentage of the fp32 file size, "
+                          "from 0 (off) to 100")
+    if calib < 1:
+        raise EdgetlError(f"--calib {calib}: must be a positive number of images")
+    if max_drop < 0:
+        raise EdgetlError(f"--max-drop {max_drop}: must be >= 0 accuracy points")
+    run = check_run(run_path)
+    qat = bool(run.meta.get("qat"))
+    calib_items = _existing(run.split_items("train"))
+    if any(f.needs_calibration for f in fmts) and not qat and not calib_items:
+        n = len(run.split_items("train"))
+        raise EdgetlError(
+            f"RUN {run.path}: int8 export needs training images for calibration, but "
+            + (f"none of the {n} recorded training files exist any more" if n else "the run records no training split")
+            + "; export float formats only (drop --int8) or re-run `edgetl train`")
+    val_items = _existing(run.split_items("val"))
+    if not val_items:
+        raise EdgetlError(f"RUN {run.path}: no validation images found for the parity check "
+                          "(edgetl.json split.val is empty or its files are gone)")
+    return run, fmts, calib_items, val_items

@@ -1,0 +1,178 @@
+"""The converters the format registry names (edgetl.core.formats): Keras -> TFLite fp32 / fp16 / int8
+(full integer) with TensorFlow's converter, Keras -> ONNX fp32 and TFLite int8 -> ONNX int8 with tf2onnx.
+Each returns the converter's bytes; compaction, metadata and checks come after (export.artifacts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.formats import FORMATS, Format
+from ..model.tfenv import tf_and_keras, tflite_converter
+from .context import ExportContext
+from .onnx_int8 import unsigned_weights
+
+
+INPUT_NAME, OUTPUT_NAME = "input", "probabilities"
+
+
+def _serving_fn(model, size: int, batch: int | None = 1):
+    tf, _ = tf_and_keras()
+
+    @tf.function(input_signature=[tf.TensorSpec([batch, size, size, 3], tf.float32, name=INPUT_NAME)])
+    def serve(x):
+        return {OUTPUT_NAME: model(x, training=False)}
+
+    return serve
+
+
+def _tflite_converter(ctx: ExportContext, quantized: bool = False):
+    tf, _ = tf_and_keras()
+    fn = _serving_fn(ctx.model if quantized else ctx.float_model, ctx.size, 1)
+    return tf, tflite_converter(fn)
+
+
+def tflite_fp32(ctx: ExportContext, fmt: Format) -> bytes:
+    _, conv = _tflite_converter(ctx)
+    return bytes(conv.convert())
+
+
+def tflite_fp16(ctx: ExportContext, fmt: Format) -> bytes:
+    tf, conv = _tflite_converter(ctx)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.target_spec.supported_types = [tf.float16]
+    return bytes(conv.convert())
+
+
+def tflite_int8_bytes(ctx: ExportContext, io: str = "int8") -> bytes:
+    """Full-integer TFLite: int8 weights and activations, int8/uint8 (or float32) input and output.
+
+    PTQ runs calibrate on a seeded sample of training images; QAT runs carry their learned ranges in
+    the graph's fake-quant nodes and the converter uses those (no calibration).
+    """
+    key = f"tflite-int8-{io}"
+    if key in ctx.cache:
+        return ctx.cache[key]
+    tf, conv = _tflite_converter(ctx, quantized=True)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    if not ctx.qat:
+        x = ctx.calibration_inputs()
+
+        def rep():
+            for i in range(len(x)):
+                yield [x[i:i + 1]]
+
+        conv.representative_dataset = rep
+        # int8-only kernels; a QAT graph is left unrestricted (the converter then demands a
+        # representative dataset) and its fake-quant nodes quantize every tensor anyway
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if io != "float32":
+        conv.inference_input_type = {"int8": tf.int8, "uint8": tf.uint8}[io]
+        conv.inference_output_type = {"int8": tf.int8, "uint8": tf.uint8}[io]
+    out = bytes(conv.convert())
+    ctx.cache[key] = out
+    return out
+
+
+def tflite_int8(ctx: ExportContext, fmt: Format) -> bytes:
+    return tflite_int8_bytes(ctx, fmt.options.get("io", "int8"))
+
+
+def onnx_fp32(ctx: ExportContext, fmt: Format) -> bytes:
+    import tf2onnx
+
+    tf, _ = tf_and_keras()
+    fn = _serving_fn(ctx.float_model, ctx.size, None)
+    sig = (tf.TensorSpec([None, ctx.size, ctx.size, 3], tf.float32, name=INPUT_NAME),)
+    proto, _ = tf2onnx.convert.from_function(fn, input_signature=sig, opset=fmt.options.get("opset", 17))
+    _rename_io(proto)
+    return proto.SerializeToString()
+
+
+def _rename_io(proto) -> None:
+    """Stable I/O names ("input", "probabilities") whatever the converter called them."""
+    g = proto.graph
+    renames = {}
+    if g.input and g.input[0].name != INPUT_NAME:
+        renames[g.input[0].name] = INPUT_NAME
+    if g.output and g.output[0].name != OUTPUT_NAME:
+        renames[g.output[0].name] = OUTPUT_NAME
+    if not renames:
+        return
+    for v in list(g.input) + list(g.output):
+        v.name = renames.get(v.name, v.name)
+    for n in g.node:
+        n.input[:] = [renames.get(i, i) for i in n.input]
+        n.output[:] = [renames.get(o, o) for o in n.output]
+
+
+def onnx_int8(ctx: ExportContext, fmt: Format) -> bytes:
+    """ONNX int8 QDQ from the int8 TFLite graph (its calibrated or QAT-learned ranges), via tf2onnx.
+
+    Measured (issue 3, benchmarks/bench_export.py): onnxruntime's own static QDQ calibration
+    (MinMax/Entropy) loses 15-20 points on MobileNetV2 here and Percentile 5; re-using the TFLite
+    converter's per-tensor ranges keeps the int8 ONNX within the TFLite int8 accuracy.
+    Input/output stay float32 (QuantizeLinear/DequantizeLinear at the edges), the usual ONNX QDQ form.
+    """
+    method = fmt.options.get("method", "tflite")
+    if method == "ort":
+        return onnx_int8_ort(ctx, fmt)
+    return onnx_int8_from_tflite(ctx, fmt)
+
+
+def onnx_int8_from_tflite(ctx: ExportContext, fmt: Format) -> bytes:
+    return onnx_from_tflite(tflite_int8_bytes(ctx, "float32"), fmt)
+
+
+def onnx_from_tflite(tfl: bytes, fmt: Format) -> bytes:
+    import tempfile
+
+    import tf2onnx
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "m.tflite"
+        p.write_bytes(tfl)
+        proto, _ = tf2onnx.convert.from_tflite(str(p), opset=fmt.options.get("opset", 17))
+    _rename_io(proto)
+    unsigned_weights(proto)
+    return proto.SerializeToString()
+
+
+def onnx_int8_ort(ctx: ExportContext, fmt: Format, calibrate_method: str = "MinMax",
+                  extra_options: dict | None = None, nodes_to_exclude=None) -> bytes:
+    """onnxruntime static QDQ quantization of the float ONNX graph (kept for the benchmark comparison)."""
+    import tempfile
+
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    fp32 = converted(ctx, FORMATS["onnx-fp32"])
+    x = ctx.calibration_inputs()
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(range(len(x)))
+
+        def get_next(self):
+            i = next(self.it, None)
+            return None if i is None else {INPUT_NAME: x[i:i + 1]}
+
+    with tempfile.TemporaryDirectory() as d:
+        src, dst = Path(d) / "fp32.onnx", Path(d) / "int8.onnx"
+        src.write_bytes(fp32)
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=fmt.options.get("per_channel", True), activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, calibrate_method),
+                        nodes_to_exclude=nodes_to_exclude or [], extra_options=extra_options or {})
+        import onnx
+
+        proto = onnx.load(str(dst))
+        unsigned_weights(proto)
+        return proto.SerializeToString()
+
+
+def converted(ctx: ExportContext, fmt: Format) -> bytes:
+    """fmt's converter output, made once per export (the size budget's fp32 reference and the ORT int8
+    path reuse it)."""
+    if fmt.name not in ctx.cache:
+        ctx.cache[fmt.name] = fmt.convert(ctx)
+    return ctx.cache[fmt.name]

@@ -1,0 +1,79 @@
+"""The checks every exported file passes before it is written: its predictions on the run's validation
+images against Keras (float files: probabilities within the format's tolerance; int8 files: accuracy
+within --max-drop points), and for int8 ONNX files the same answers on every CPU."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..core.errors import ArtifactCheckError, EdgetlError
+from ..core.formats import Format
+from ..core.runtime import ONNXRunner, TFLiteRunner
+from .context import ExportContext
+from .onnx_int8 import saturation_risks
+
+
+def parity(ctx: ExportContext, fmt: Format, model: bytes, max_drop: float) -> dict:
+    t0 = time.perf_counter()
+    probs = TFLiteRunner(model).outputs(ctx.val_x) if fmt.suffix == ".tflite" else ONNXRunner(model, precise=False).outputs(ctx.val_x)
+    # float files are checked against the float graph; int8 files against the run's model (QAT or float)
+    y, kp = ctx.val_y, (ctx.keras_probs if fmt.precision == "int8" else ctx.float_probs)
+    acc = float((probs.argmax(1) == y).mean())
+    kacc = float((kp.argmax(1) == y).mean())
+    res = {
+        "n": int(len(y)),
+        "accuracy": round(acc, 6),
+        "keras_accuracy": round(kacc, 6),
+        "agreement": round(float((probs.argmax(1) == kp.argmax(1)).mean()), 6),
+        "max_abs_diff": float(np.abs(probs - kp).max()),
+        "mean_abs_diff": float(np.abs(probs - kp).mean()),
+        "drop_points": round(100.0 * (kacc - acc), 3),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    if fmt.precision == "int8" and fmt.suffix == ".onnx":
+        res["sessions"] = check_onnx_sessions(fmt, model, probs, ctx.val_x)
+    if fmt.precision == "int8":
+        res["max_drop"] = max_drop
+        res["ok"] = res["drop_points"] <= max_drop
+        if not res["ok"]:
+            raise ArtifactCheckError(
+                f"{fmt.name}: accuracy {100 * acc:.1f}% vs Keras {100 * kacc:.1f}% on {len(y)} validation images "
+                f"(drop {res['drop_points']:.1f} points > --max-drop {max_drop:g}; top-1 agreement "
+                f"{100 * res['agreement']:.1f}%)", )
+    else:
+        tol = fmt.tolerance
+        res["tolerance"] = tol
+        res["ok"] = res["max_abs_diff"] <= tol
+        if not res["ok"]:
+            raise ArtifactCheckError(
+                f"{fmt.name}: differs from Keras by up to {res['max_abs_diff']:.2g} in probability (tolerance {tol:g}); "
+                f"top-1 agreement {100 * res['agreement']:.1f}%, accuracy {100 * acc:.1f}% vs {100 * kacc:.1f}%")
+    return res
+
+
+def check_onnx_sessions(fmt: Format, model: bytes, probs: np.ndarray, x: np.ndarray) -> dict:
+    """An int8 ONNX file must give the same answers wherever it runs. From the file: no GEMM-lowered
+    layer may hold s8 weights that a non-VNNI x86 CPU can saturate. On this CPU: the default session
+    and one with session.x64quantprecision=1 must agree (on a non-VNNI x86 a difference is the
+    saturation signature; elsewhere both run the same kernels)."""
+    import onnx
+
+    risks = saturation_risks(onnx.load_from_string(model))
+    if risks:
+        raise ArtifactCheckError(f"{fmt.name}: {len(risks)} GEMM layer(s) hold s8 weights outside [-64, 63] that "
+                                 f"CPUs without VNNI can saturate (first: {risks[0]})")
+    try:
+        precise = ONNXRunner(model, precise=True).outputs(x)
+    except EdgetlError as e:  # onnxruntime rejects the file with the option set: not portable either
+        raise ArtifactCheckError(str(e)) from None
+    tol = float(fmt.options["session_tolerance"])
+    diff = float(np.abs(probs - precise).max()) if len(x) else 0.0
+    agree = float((probs.argmax(1) == precise.argmax(1)).mean()) if len(x) else 1.0
+    if diff > tol:
+        raise ArtifactCheckError(f"{fmt.name}: the default session and session.x64quantprecision=1 disagree by up "
+                                 f"to {diff:.2g} in probability (top-1 agreement {100 * agree:.1f}%): int8 "
+                                 "sums saturate on this CPU")
+    return {"x64quantprecision_max_abs_diff": diff, "x64quantprecision_agreement": agree, "tolerance": tol,
+            "saturation_risks": 0}

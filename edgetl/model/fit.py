@@ -1,0 +1,189 @@
+"""The training loops train and compare share: the head on cached features, fine-tuning the top of the
+base on pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.console import progress
+from ..core.images import augment_image, preprocess
+from .graph import HEAD_PREFIX
+from .tfenv import tf_and_keras
+
+
+def _compile(model, lr: float):
+    _, keras = tf_and_keras()
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+
+
+class _EpochProgress:
+    """A rich progress bar over epochs (a Keras callback)."""
+
+    @staticmethod
+    def make(prog, task):
+        _, keras = tf_and_keras()
+
+        class CB(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs or {}
+                prog.update(task, advance=1, description=(
+                    f"{prog.tasks[task].fields.get('name', 'train')} "
+                    f"loss {logs.get('loss', float('nan')):.3f} val_acc {logs.get('val_accuracy', float('nan')):.3f}"))
+
+        return CB()
+
+
+def fit_head(head_model, train_xy, val_xy, epochs: int = 30, lr: float = 1e-3, batch_size: int = 32,
+             patience: int = 5, seed: int = 0, console=None, desc: str = "head") -> dict:
+    """Train the head on cached features: Adam(lr), mean sparse cross-entropy, batches of `batch_size`
+    reshuffled (seeded) every epoch, dropout on; early stopping on val loss (`patience` epochs without
+    improvement), the best epoch's weights restored at the end.
+
+    A GradientTape loop over Keras' own layers, optimizer and loss rather than `model.fit`: on a few
+    hundred cached feature vectors an epoch is ~1 ms of arithmetic, and fit's per-epoch machinery
+    (iterator, callbacks, logs, its validation pass) cost ~35 ms, i.e. most of the head phase. One
+    traced function runs a whole epoch; validation is one direct call of the head on the val features.
+    """
+    tf, keras = tf_and_keras()
+    x, y = np.asarray(train_xy[0], np.float32), np.asarray(train_xy[1], np.int64)
+    xv, yv = np.asarray(val_xy[0], np.float32), np.asarray(val_xy[1], np.int64)
+    opt = keras.optimizers.Adam(lr)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+    variables = head_model.trainable_variables
+    opt.build(variables)  # slots made here, so the epoch function is traced once, not twice
+    shuffle = np.random.default_rng(seed)
+    n_feat = x.shape[1]
+
+    # (a tf.range loop becomes one graph while-loop; iterating a tf.data set inside a tf.function
+    # instead becomes a dataset scan that costs ~50 ms per epoch here)
+    @tf.function(input_signature=[tf.TensorSpec([None, n_feat], tf.float32), tf.TensorSpec([None], tf.int64)])
+    def epoch(xs, ys):
+        total, correct = tf.constant(0.0), tf.constant(0.0)
+        for i in tf.range(0, tf.shape(xs)[0], batch_size):
+            xb, yb = xs[i:i + batch_size], ys[i:i + batch_size]
+            with tf.GradientTape() as tape:
+                pb = head_model(xb, training=True)
+                loss = loss_fn(yb, pb)
+            opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            total += loss * tf.cast(tf.shape(yb)[0], tf.float32)
+            correct += tf.reduce_sum(tf.cast(tf.equal(tf.argmax(pb, 1), yb), tf.float32))
+        return total / tf.cast(tf.shape(xs)[0], tf.float32), correct / tf.cast(tf.shape(xs)[0], tf.float32)
+
+    hist: dict = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+    best_loss, best_epoch, best_weights, wait, stopped = np.inf, 0, None, 0, None
+    with progress(console) as prog:
+        task = prog.add_task(desc, total=epochs)
+        for e in range(epochs):
+            order = shuffle.permutation(len(x))  # seeded reshuffle every epoch
+            loss, acc = (float(v) for v in epoch(x[order], y[order]))
+            pv = np.asarray(head_model(xv, training=False), np.float64)
+            val_loss = float(-np.mean(np.log(np.clip(pv[np.arange(len(yv)), yv], 1e-7, 1.0)))) if len(yv) else 0.0
+            val_acc = float((pv.argmax(1) == yv).mean()) if len(yv) else 0.0
+            for k, v in (("loss", loss), ("accuracy", acc), ("val_loss", val_loss), ("val_accuracy", val_acc)):
+                hist[k].append(v)
+            prog.update(task, advance=1, description=f"{desc} loss {loss:.3f} val_acc {val_acc:.3f}")
+            if val_loss < best_loss:
+                best_loss, best_epoch, best_weights, wait = val_loss, e, head_model.get_weights(), 0
+            else:
+                wait += 1
+                if wait >= patience:
+                    stopped = e
+                    break
+        prog.update(task, completed=epochs)
+    if best_weights is not None:
+        head_model.set_weights(best_weights)
+    hist["best_epoch"] = best_epoch + 1
+    hist["stopped_epoch"] = stopped + 1 if stopped is not None else None
+    return hist
+
+
+def _history(h: dict) -> dict:
+    return {k: [float(v) for v in vals] for k, vals in h.items()}
+
+
+class _PixelSequence:
+    """Batches of preprocessed pixels for model.fit: originals + seeded augmented views, built per batch
+    (no float copy of the whole data set in memory)."""
+
+    @staticmethod
+    def make(pixels, labels, spec, batch_size, views: int, seed: int):
+        _, keras = tf_and_keras()
+        index = [(i, v) for v in range(views + 1) for i in range(len(pixels))]
+
+        class Seq(keras.utils.Sequence):
+            def __init__(self):
+                super().__init__()
+                self.order = np.arange(len(index))
+                self.epoch = 0
+                self.on_epoch_end()
+
+            def __len__(self):
+                return (len(index) + batch_size - 1) // batch_size
+
+            def __getitem__(self, b):
+                sel = self.order[b * batch_size:(b + 1) * batch_size]
+                xs = []
+                for j in sel:
+                    i, v = index[j]
+                    # fresh views every epoch (the base changes, so nothing is cached here anyway)
+                    img = pixels[i] if v == 0 else augment_image(
+                        pixels[i], np.random.default_rng([seed, i, v, self.epoch]))
+                    xs.append(img)
+                return preprocess(np.stack(xs), spec), labels[[index[j][0] for j in sel]]
+
+            def on_epoch_end(self):
+                self.order = np.random.default_rng([seed, 7919, self.epoch]).permutation(len(index))
+                self.epoch += 1
+
+        return Seq()
+
+
+def set_fine_tune_layers(base_layers, n_layers: int) -> int:
+    """Unfreeze the top n_layers of the base (Keras layer order, as base.layers[-n:]); BatchNormalization
+    stays frozen (trainable=False runs BN in inference mode in Keras 2). Returns how many layers with
+    weights became trainable."""
+    layers = [layer for layer in base_layers if layer.__class__.__name__ != "InputLayer"]
+    top_ids = {id(layer) for layer in (layers[-n_layers:] if n_layers else [])}
+    n = 0
+    for layer in base_layers:
+        is_bn = layer.__class__.__name__.startswith("BatchNormalization")
+        layer.trainable = id(layer) in top_ids and not is_bn
+        n += int(layer.trainable and bool(layer.weights))
+    return n
+
+
+def fine_tune(model, n_layers: int, train_px, train_y, val_px, val_y, spec: dict, epochs: int = 5,
+              lr: float = 5e-5, batch_size: int = 32, augment: int = 0, patience: int = 3, seed: int = 0,
+              console=None) -> dict:
+    """Fine-tune the assembled model: top n_layers base layers trainable, BN in inference mode,
+    head trainable; early stopping on val loss, best weights restored."""
+    _, keras = tf_and_keras()
+    heads = {id(layer) for layer in model.layers if layer.name.startswith(HEAD_PREFIX)}
+    base_layers = [layer for layer in model.layers if id(layer) not in heads]
+    unfrozen = set_fine_tune_layers(base_layers, n_layers)
+    for layer in model.layers:
+        if id(layer) in heads:
+            layer.trainable = True
+    _compile(model, lr)
+    seq = _PixelSequence.make(train_px, train_y, spec, batch_size, augment, seed)
+    val = (preprocess(val_px, spec), val_y)
+    loss_before = float(model.evaluate(val[0], val[1], batch_size=batch_size, verbose=0)[0])
+    weights_before = model.get_weights()
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+    with progress(console) as prog:
+        task = prog.add_task("fine-tune", total=epochs, name="fine-tune")
+        h = model.fit(seq, validation_data=val, epochs=epochs, batch_size=batch_size, verbose=0, shuffle=False,
+                      callbacks=[stop, _EpochProgress.make(prog, task)])
+    hist = _history(h.history)
+    hist["val_loss_before"] = loss_before
+    # early stopping also covers "epoch 0": if no fine-tuning epoch beat the val loss the head reached,
+    # keep the weights from before fine-tuning
+    hist["kept_weights_before"] = bool(min(hist["val_loss"]) >= loss_before)
+    if hist["kept_weights_before"]:
+        model.set_weights(weights_before)
+    for layer in model.layers:  # leave the saved model fully frozen-flagged except the head
+        layer.trainable = id(layer) in heads
+    hist["best_epoch"] = 0 if hist["kept_weights_before"] else int(stop.best_epoch) + 1
+    hist["unfrozen_layers"] = unfrozen
+    return hist

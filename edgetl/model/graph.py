@@ -1,0 +1,83 @@
+"""The model graph: the new head on base features, assembling base + head into ONE flat functional
+graph (what tfmot's quantize_model needs), splitting it back, and counting multiply-accumulates."""
+
+from __future__ import annotations
+
+from ..core.errors import EdgetlError
+from .tfenv import tf_and_keras
+
+
+HEADS = ("linear", "dense128")
+
+
+HEAD_PREFIX = "head_"
+
+
+def build_head(n_features: int, n_classes: int, head: str = "linear", dropout: float = 0.2, seed: int = 0):
+    """Head model on base features: Dropout + Dense softmax (or Dropout, Dense(128, relu), Dense softmax)."""
+    _, keras = tf_and_keras()
+    init = keras.initializers.GlorotUniform(seed=seed)
+    layers = [keras.layers.Dropout(dropout, seed=seed, name=HEAD_PREFIX + "dropout")]
+    if head == "dense128":
+        layers += [keras.layers.Dense(128, activation="relu", kernel_initializer=init, name=HEAD_PREFIX + "dense128"),
+                   keras.layers.Dropout(dropout, seed=seed + 1, name=HEAD_PREFIX + "dropout2")]
+    layers.append(keras.layers.Dense(n_classes, activation="softmax",
+                                     kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 2),
+                                     name=HEAD_PREFIX + "softmax"))
+    inp = keras.Input((n_features,), name=HEAD_PREFIX + "features")
+    x = inp
+    for layer in layers:
+        x = layer(x)
+    return keras.Model(inp, x, name="head")
+
+
+def _head_layers(head_model):
+    return [layer for layer in head_model.layers if layer.name.startswith(HEAD_PREFIX)
+            and not layer.__class__.__name__ == "InputLayer"]
+
+
+def assemble(base, head_model):
+    """ONE flat functional graph: the head's layer objects applied to base.output (weights shared)."""
+    _, keras = tf_and_keras()
+    x = base.output
+    for layer in _head_layers(head_model):
+        x = layer(x)
+    return keras.Model(base.input, x, name="edgetl_mobilenetv2")
+
+
+def split_model(model):
+    """(base, head_model) of an assembled model, sharing its layers (inverse of `assemble`)."""
+    _, keras = tf_and_keras()
+    heads = [layer for layer in model.layers if layer.name.startswith(HEAD_PREFIX)]
+    if not heads:
+        raise EdgetlError(f"model {model.name}: no '{HEAD_PREFIX}*' layers; not an edgetl model")
+    feat = heads[0].input
+    base = keras.Model(model.input, feat, name="base")
+    inp = keras.Input((int(feat.shape[-1]),), name=HEAD_PREFIX + "features")
+    x = inp
+    for layer in heads:
+        x = layer(x)
+    return base, keras.Model(inp, x, name="head")
+
+
+def count_macs(model) -> int:
+    """Multiply-accumulates per image from the Keras layers (conv, depthwise conv, dense)."""
+    total = 0
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer)  # tfmot QuantizeWrapper
+        kind = type(inner).__name__
+        if kind not in ("Conv2D", "DepthwiseConv2D", "Dense"):
+            continue
+        out_shape = layer.output_shape if not isinstance(layer.output_shape, list) else layer.output_shape[0]
+        in_shape = layer.input_shape if not isinstance(layer.input_shape, list) else layer.input_shape[0]
+        if kind == "Dense":
+            total += int(in_shape[-1]) * int(out_shape[-1])
+            continue
+        kh, kw = inner.kernel_size
+        spatial = int(out_shape[1]) * int(out_shape[2])
+        if kind == "Conv2D":
+            groups = getattr(inner, "groups", 1) or 1
+            total += kh * kw * (int(in_shape[-1]) // groups) * int(out_shape[-1]) * spatial
+        else:
+            total += kh * kw * int(out_shape[-1]) * spatial
+    return int(total)

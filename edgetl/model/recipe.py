@@ -1,0 +1,97 @@
+"""The training recipe train and compare share: its options (one set of defaults for both commands)
+and their checks, made before any work and without TensorFlow."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.config import as_dict, opt
+from ..core.errors import EdgetlError
+from .backbone import check_backbone_options
+from .graph import HEADS
+
+DEFAULT_ALPHA = 1.0
+DEFAULT_SIZE = 224
+# Keras MobileNetV2(include_top=False, pooling="avg") has 154 layers after its input, for every alpha
+# and size; --fine-tune LAYERS counts from the top of base.layers (as in Keras' transfer-learning guide).
+BASE_LAYERS = 154
+FT_LR_FACTOR = 0.05  # default fine-tuning lr: 20x lower than the head's
+
+
+@dataclass
+class Recipe:
+    """The options train and compare share, so both commands have one set of defaults."""
+
+    data: str | None = opt(None, "Image folder: DATA/{train,val}/<class>/ or DATA/<class>/", argument=True)
+    out: str = opt("runs/run", "Run directory to write", "--out", "-o")
+    alpha: float | None = opt(None, "MobileNetV2 width: 0.35, 0.5, 0.75, 1.0, 1.3, 1.4 (default 1.0; with --from: "
+                                    "the run's)")
+    image_size: int | None = opt(None, "Input size in px, 96-224 (default 224; with --from: the run's)")
+    weights: str = opt("imagenet", "'imagenet' (Keras cache/download or $EDGETL_WEIGHTS_DIR), a .h5 path, or "
+                                   "'random'")
+    epochs: int = opt(30, "Head epochs on cached features (early stopping on val loss)")
+    batch_size: int = opt(32, "Batch size")
+    lr: float = opt(1e-3, "Head learning rate (Adam)")
+    dropout: float = opt(0.2, "Dropout before the head's dense layer(s)")
+    head: str = opt("linear", "'linear' (dropout + dense softmax) or 'dense128' (the seed's Dense(128, relu) + "
+                              "softmax)")
+    patience: int = opt(5, "Early-stopping patience (epochs without val-loss improvement)")
+    fine_tune: int = opt(0, "Unfreeze the top LAYERS of the base after the head converges (BatchNorm stays "
+                            "frozen); 0 = off", metavar="LAYERS")
+    fine_tune_epochs: int = opt(5, "Fine-tuning epochs")
+    fine_tune_lr: float | None = opt(None, "Fine-tuning learning rate (default: --lr / 20)")
+    val_split: float = opt(0.2, "Validation fraction for a flat DATA folder")
+    seed: int = opt(0, "Random seed (same seed + data -> same result)")
+    overwrite: bool = opt(False, "Replace an existing --out run", "--overwrite")
+    workers: int = opt(2, "Image decoding threads", cli=False)
+
+    def as_dict(self) -> dict:
+        return as_dict(self)
+
+    def recipe(self) -> dict:
+        """Just the shared options (e.g. to make a train config from a compare config)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(Recipe)}
+
+
+def check_recipe(r: Recipe) -> None:
+    """Every shared option; one EdgetlError naming the flag and the accepted values."""
+    if r.data is None or str(r.data) == "":
+        raise EdgetlError("DATA: missing; give an image folder (DATA/<class>/*.jpg or DATA/{train,val}/<class>/)")
+    if r.head not in HEADS:
+        raise EdgetlError(f"--head {r.head}: accepted values are {', '.join(HEADS)}")
+    for flag, v, lo in (("--epochs", r.epochs, 1), ("--batch-size", r.batch_size, 1), ("--patience", r.patience, 1),
+                        ("--fine-tune", r.fine_tune, 0), ("--fine-tune-epochs", r.fine_tune_epochs, 1),
+                        ("--workers", r.workers, 1)):
+        check_int(flag, v, lo)
+    if r.fine_tune > BASE_LAYERS:
+        raise EdgetlError(f"--fine-tune {r.fine_tune}: MobileNetV2's base has {BASE_LAYERS} layers; "
+                          f"use 1-{BASE_LAYERS} (e.g. 20-40 to tune the last blocks) or 0 for off")
+    for flag, v in (("--lr", r.lr), ("--fine-tune-lr", r.fine_tune_lr)):
+        if v is not None and not 0 < v < 1:
+            raise EdgetlError(f"{flag} {v}: must be between 0 and 1")
+    if not 0.0 <= r.dropout < 1.0:
+        raise EdgetlError(f"--dropout {r.dropout}: must be in [0, 1)")
+    if not 0.0 < r.val_split < 1.0:
+        raise EdgetlError(f"--val-split {r.val_split}: must be between 0 and 1 (exclusive)")
+    out = Path(r.out)
+    if out.exists() and not r.overwrite:
+        raise EdgetlError(f"--out {out} already exists; pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise EdgetlError(f"--out {out} exists and is not a folder")
+
+
+def check_int(flag: str, v, lo: int) -> None:
+    if int(v) != v or v < lo:
+        raise EdgetlError(f"{flag} {v}: must be an integer >= {lo}")
+
+
+def check_backbone(alpha, size, weights: str) -> tuple[float, int]:
+    """(alpha, image size) with defaults applied, checked against the pretrained weights on offer."""
+    alpha = DEFAULT_ALPHA if alpha is None else float(alpha)
+    size = DEFAULT_SIZE if size is None else int(size)
+    check_backbone_options(alpha, size, weights)
+    if weights not in ("imagenet", "random") and not Path(weights).expanduser().is_file():
+        raise EdgetlError(f"--weights {weights}: no such file (give 'imagenet', 'random' or a path to a .h5)")
+    return alpha, size
