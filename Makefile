@@ -65,17 +65,17 @@ bench: bench-train bench-export bench-runtime bench-compare
 bench-train: $(VENV)/.stamp
 	flock /tmp/edgetl-cpu.lock $(BIN)/python benchmarks/bench_train.py $(BENCH_ARGS)
 
-# issue 3: export accuracy/size of every format, PTQ and QAT runs, ONNX-int8 paths -> benchmarks/results/export.json
+# export: accuracy and size of every format, PTQ and QAT runs, ONNX int8 paths -> benchmarks/results/export.json
 bench-export: $(VENV)/.stamp
 	flock /tmp/edgetl-cpu.lock $(BIN)/python benchmarks/bench_export.py $(BENCH_ARGS)
 
-# issue 4: edgetl bench on the hymenoptera runs (alpha 0.35 and 0.5, 224 px; created if missing)
+# bench: edgetl bench on the hymenoptera runs (alpha 0.35 and 0.5, 224 px; created if missing)
 bench-runtime: $(VENV)/.stamp
 	flock /tmp/edgetl-cpu.lock $(BIN)/python benchmarks/bench_runtime.py $(BENCH_ARGS)
 
-# issue 5: `edgetl compare` on hymenoptera with defaults + --adapt-bn before/after on shifted copies -> benchmarks/results/compare.json
+# compare: `edgetl compare` on hymenoptera, and --adapt-bn before/after on shifted copies -> benchmarks/results/compare.json
 bench-compare: $(VENV)/.stamp
 	flock /tmp/edgetl-cpu.lock $(BIN)/python benchmarks/bench_compare.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(LIGHT) runs .pytest_cache
+	rm -rf $(VENV) $(LIGHT) runs .pytest_cache build

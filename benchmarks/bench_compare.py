@@ -42,16 +42,17 @@ def shifted_copy(src: Path, dst: Path, kind: str, size: int) -> int:
     """PNG copy of every decodable image of src (same layout), resized to `size`, with the shift applied."""
     from PIL import Image
 
-    from edgetl import data
-    from edgetl.adapt import shift_pixels
+    from edgetl.core.data import IMAGE_SUFFIXES
+    from edgetl.core.images import ImageDecodeError, load_image
+    from edgetl.train.adapt import shift_pixels
 
     n = 0
     for p in sorted(src.rglob("*")):
-        if not p.is_file() or p.suffix.lower() not in data.IMAGE_SUFFIXES:
+        if not p.is_file() or p.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         try:
-            arr = data.load_image(p, size)
-        except data.ImageDecodeError:
+            arr = load_image(p, size)
+        except ImageDecodeError:
             continue
         out = (dst / p.relative_to(src)).with_suffix(".png")
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Benchmark record for issue 4: `edgetl bench` on the hymenoptera runs (alpha 0.35 and 0.5, 224 px).
+"""Benchmark record of `edgetl bench` on the hymenoptera runs (alpha 0.35 and 0.5, 224 px).
 
 Run through `make bench-runtime` (under flock /tmp/edgetl-cpu.lock so timing runs never overlap).
 Missing runs are created first (`edgetl train` on the shared data + `edgetl export --int8`).
@@ -116,12 +116,11 @@ def main() -> int:
 
     from rich.console import Console
 
-    from edgetl.bench import bench
+    from edgetl.bench.stage import bench
+    from edgetl.core.cpu import peak as cpu_peak
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     console = Console()
-    from edgetl.bench import cpu_peak
-
     nominal = cpu_peak()
     ghz = measure_clock_ghz()
     if ghz:  # the FP32 peak uses the measured clock; the nominal (cpuinfo) one is kept for reference

@@ -125,7 +125,7 @@ def main() -> None:
     a = ap.parse_args()
     if not a.data.is_dir():
         raise SystemExit(f"--data {a.data}: no such folder")
-    from edgetl.backbone import keras_weights_name
+    from edgetl.model.backbone import keras_weights_name
 
     weights = a.weights_dir / keras_weights_name(a.alpha)
     if not weights.is_file():

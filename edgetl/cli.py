@@ -100,8 +100,8 @@ def predict(cfg: PredictConfig) -> None:
     """Top-k labels for images, from a single exported file (no TensorFlow needed)."""
     from .predict import predict as run_predict
 
-    doc = run_predict(Path(cfg.model), [Path(p) for p in cfg.images], top_k=cfg.top_k, as_json=cfg.json,
-                      threads=cfg.threads, console=Console())
+    doc = run_predict(cfg.model, cfg.images, top_k=cfg.top_k, as_json=cfg.json, threads=cfg.threads,
+                      console=Console())
     if cfg.json and doc["skipped"]:
         err.print(f"{len(doc['skipped'])} unreadable image(s) skipped (listed under \"skipped\")", highlight=False)
 

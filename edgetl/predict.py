@@ -20,8 +20,8 @@ from .core.errors import EdgetlError
 
 @dataclass
 class PredictConfig:
-    model: str = opt(REQUIRED, ".tflite or .onnx file exported by edgetl", argument=True)
-    images: list[str] = opt(REQUIRED, "Image files or folders (walked recursively)", argument=True)
+    model: Path = opt(REQUIRED, ".tflite or .onnx file exported by edgetl", argument=True)
+    images: list[Path] = opt(REQUIRED, "Image files or folders (walked recursively)", argument=True)
     top_k: int = opt(3, "How many labels to show per image", "--top-k", "-k")
     json: bool = opt(False, "Print one JSON document to stdout", "--json")
     threads: int = opt(1, "CPU threads for the runtime")

@@ -1,8 +1,9 @@
 """One bench measurement in a fresh process: `python -m edgetl.bench.worker` (JSON job on stdin).
 
-The parent (edgetl.bench.stage) starts one worker per artifact and thread count, so memory and warm caches
-never leak between rows, and a crashing runtime only fails its own row. The result is one line on
-stdout prefixed with RESULT_TAG (runtimes may print their own chatter).
+Both ends of that exchange live here: `run_worker` (the parent) starts one worker per artifact and thread
+count, so memory and warm caches never leak between rows and a crashing runtime only fails its own row;
+`main` (the child) answers with one line on stdout prefixed with RESULT_TAG (runtimes may print their
+own chatter).
 
 Optional job keys: "timing": false skips the timed runs (accuracy only, e.g. under QEMU, where
 timing means nothing); "save_probs": PATH writes the per-image probabilities (N, C) there as .npy.
@@ -12,12 +13,40 @@ Imports stay lazy and need only numpy and the runtimes: this module also runs un
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
 import traceback
 
 RESULT_TAG = "EDGETL_BENCH_RESULT "
+WORKER_TIMEOUT_S = 900
+
+
+def run_worker(job: dict, python: str | None = None, timeout: float = WORKER_TIMEOUT_S,
+               command: list[str] | None = None, env: dict | None = None) -> dict:
+    """Run one job in a fresh `python -m edgetl.bench.worker`; `command` replaces that argv (e.g. the same
+    under QEMU) and `env` the inherited environment."""
+    import subprocess  # here, not at the top: the worker process itself never starts one
+
+    env = dict(os.environ if env is None else env)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("TF_USE_LEGACY_KERAS", "1")
+    # pin the math libraries' own pools to the asked thread count too (numpy's BLAS is not used for timing)
+    for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[k] = str(job["threads"])
+    try:
+        proc = subprocess.run(command or [python or sys.executable, "-m", "edgetl.bench.worker"],
+                              input=json.dumps(job), capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"status": f"error: timed out after {timeout:.0f} s"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    if proc.returncode < 0:
+        return {"status": f"error: worker crashed (signal {-proc.returncode})"}
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
+    return {"status": f"error: worker exited {proc.returncode}: {tail}"}
 
 
 def peak_rss_mb() -> float:

@@ -1,4 +1,5 @@
-"""`edgetl compare`'s options and their checks, made before any decoding or TensorFlow import."""
+"""`edgetl compare`'s options and their checks, made before any decoding or TensorFlow import: the
+fractions of the training images (stratified, nested subsets) and the from-scratch budget."""
 
 from __future__ import annotations
 
@@ -15,21 +16,11 @@ from ..model.recipe import Recipe, check_backbone, check_recipe
 
 
 ARMS = ("feature-extraction", "fine-tuning", "from-scratch")
-
-
 ARM_TITLES = {"feature-extraction": "Feature extraction", "fine-tuning": "+ Fine-tuning",
               "from-scratch": "From scratch"}
-
-
 DEFAULT_FRACTIONS = "0.1,0.25,0.5,1.0"
-
-
 DEFAULT_BUDGET = "4x"
-
-
 DEFAULT_FINE_TUNE = 20
-
-
 DEFAULT_TARGET_REL = 0.9  # default target accuracy = 90% of the best accuracy any arm reached
 
 
@@ -37,7 +28,16 @@ DEFAULT_TARGET_REL = 0.9  # default target accuracy = 90% of the best accuracy a
 class CompareConfig(Recipe):
     """`edgetl compare` options: the recipe train shares (model.recipe.Recipe) plus the comparison's own."""
 
+    data: str | None = opt(None, "Image folder, as for train", argument=True)
     out: str = opt("runs/compare", "Folder for compare.json/.csv and the plot", "--out", "-o")
+    alpha: float | None = opt(None, "MobileNetV2 width: 0.35, 0.5, 0.75, 1.0, 1.3, 1.4 (default 1.0)")
+    image_size: int | None = opt(None, "Input size in px for all arms, 96-224 (default 224)")
+    weights: str = opt("imagenet", "Pretrained weights of the transfer arms: 'imagenet', a .h5 path, or 'random'")
+    head: str = opt("linear", "'linear' or 'dense128' (all arms)")
+    dropout: float = opt(0.2, "Dropout before the head's dense layer(s)", cli=False)
+    patience: int = opt(5, "Early-stopping patience of the transfer arms")
+    seed: int = opt(0, "Random seed (same split and seed for every arm)")
+    overwrite: bool = opt(False, "Replace an existing --out folder", "--overwrite")
     fine_tune: int = opt(DEFAULT_FINE_TUNE, "Top base layers trained in the fine-tuning arm; 0 drops that arm",
                          metavar="LAYERS")
     fractions: str = opt(DEFAULT_FRACTIONS, "Fractions of the training images (stratified, nested), each in (0, 1]")
@@ -121,6 +121,14 @@ def class_counts(labels, n_classes: int) -> list[int]:
 def per_class_take(count: int, fraction: float) -> int:
     """Images of a class kept at this fraction: round half up, so 1.0 keeps all."""
     return min(count, int(math.floor(count * fraction + 0.5)))
+
+
+def nested_subsets(labels: np.ndarray, n_classes: int, fractions: list[float], seed: int) -> dict[float, np.ndarray]:
+    """Stratified, seeded, nested index sets: each class's images are shuffled once and every fraction
+    takes a prefix, so a fraction's images contain every smaller fraction's images."""
+    rng = np.random.default_rng([seed, 4242])
+    perms = [rng.permutation(np.flatnonzero(labels == c)) for c in range(n_classes)]
+    return {f: np.sort(np.concatenate([p[:per_class_take(len(p), f)] for p in perms])) for f in fractions}
 
 
 def check_fractions(fractions: list[float], counts: list[int], classes: list[str], flag_text: str) -> None:

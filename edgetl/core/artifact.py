@@ -1,7 +1,7 @@
 """Self-describing artifacts: edgetl's metadata (labels, input, preprocessing, quantization) inside the file.
 
-TFLite: a named entry in the flatbuffer's `metadata` table (the schema's own extension point, as
-TFLite Support used), read and written with the schema bindings that ship with ai-edge-litert.
+TFLite: a named entry in the flatbuffer's `metadata` table (the schema's own extension point, which
+TFLite Support uses too), read and written with the schema bindings that ship with ai-edge-litert.
 ONNX: `metadata_props` of the ModelProto, read back through onnxruntime's model metadata.
 No TensorFlow import here: this runs on a Pi with the light install.
 """
@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from . import flatbuffer
-from .errors import EdgetlError
+from .errors import EdgetlError, first_line
 
 META_KEY = "edgetl"
 
@@ -100,7 +100,7 @@ def read_meta(path: str | Path) -> dict:
         try:
             sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
         except Exception as e:
-            raise EdgetlError(f"{p}: corrupt or truncated ONNX file ({str(e).splitlines()[0][:120]})") from None
+            raise EdgetlError(f"{p}: corrupt or truncated ONNX file ({first_line(e, 120)})") from None
         meta = read_onnx_meta_from_session(sess)
     if not meta:
         raise EdgetlError(f"{p}: has no edgetl metadata (labels, preprocessing); export it with `edgetl export`")

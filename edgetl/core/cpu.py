@@ -20,7 +20,8 @@ ARM_FLAGS = {"asimd": "neon", "asimddp": "dotprod", "i8mm": "i8mm", "sve": "sve"
 
 
 def cpuinfo(text: str | None = None) -> dict:
-    """The first processor block of /proc/cpuinfo as {key: value} ({} where there is none)."""
+    """The first processor block of /proc/cpuinfo as {key: value} ({} where there is none). Parsed here:
+    the flags line is all that is needed, not worth a dependency (py-cpuinfo) on a Pi."""
     if text is None:
         try:
             text = Path("/proc/cpuinfo").read_text(errors="replace")

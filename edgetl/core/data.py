@@ -15,7 +15,7 @@ VAL_NAMES = ("val", "validation", "valid")
 
 @dataclass
 class Split:
-    """Labelled file lists. Paths are absolute strings; labels index into `classes`."""
+    """Labelled file lists: (path under DATA as given, label index into `classes`)."""
 
     classes: list[str]
     train: list[tuple[str, int]] = field(default_factory=list)
@@ -48,7 +48,8 @@ def find_subdir(root: Path, names) -> Path | None:
 
 
 def scan(data: str | Path, val_split: float = 0.2, seed: int = 0) -> Split:
-    """DATA with train/ and val/ (or validation/) class folders, or a flat folder of class folders."""
+    """DATA with train/ and val/ (or validation/) class folders, or a flat folder of class folders
+    (or train/ alone), split into val and train by `val_split`."""
     root = Path(data)
     if not root.exists():
         raise EdgetlError(f"DATA {root}: no such folder")
@@ -56,34 +57,42 @@ def scan(data: str | Path, val_split: float = 0.2, seed: int = 0) -> Split:
         raise EdgetlError(f"DATA {root}: not a folder (expected class sub-folders, or train/ and val/)")
     if not 0.0 < val_split < 1.0:
         raise EdgetlError(f"--val-split {val_split}: must be between 0 and 1 (exclusive)")
-    ignored: list[dict] = []
-    tdir, vdir = find_subdir(root, TRAIN_NAMES), find_subdir(root, VAL_NAMES)
-    if tdir is not None and vdir is not None:
-        tclasses = [d.name for d in _class_dirs(tdir)]
-        vclasses = [d.name for d in _class_dirs(vdir)]
-        if tclasses != vclasses:
-            raise EdgetlError(
-                f"DATA {root}: class folders differ between {tdir.name}/ {tclasses} and {vdir.name}/ {vclasses}")
-        classes = tclasses
-        _check_classes(root, classes)
-        split = Split(classes, layout="split", ignored=ignored)
-        for i, c in enumerate(classes):
-            tf_, vf = _files(tdir / c, ignored), _files(vdir / c, ignored)
-            for sub, files in ((tdir / c, tf_), (vdir / c, vf)):
-                if not files:
-                    raise EdgetlError(f"class folder {sub} has no images")
-            split.train += [(str(p), i) for p in tf_]
-            split.val += [(str(p), i) for p in vf]
-        return split
-    if tdir is not None and vdir is None:
-        # train/ alone: split it ourselves
-        root = tdir
+    parts = {"train": find_subdir(root, TRAIN_NAMES), "val": find_subdir(root, VAL_NAMES)}
+    if all(d is not None for d in parts.values()):
+        return _given_split(root, parts)
+    return _random_split(parts["train"] or root, val_split, seed)
+
+
+def _given_split(root: Path, parts: dict[str, Path]) -> Split:
+    """The split as the folders give it: parts = {"train": dir, "val": dir}, each with the same class
+    folders, each class folder holding at least one image."""
+    found = {part: [d.name for d in _class_dirs(d)] for part, d in parts.items()}
+    classes = found["train"]
+    for part, names in found.items():
+        if names != classes:
+            raise EdgetlError(f"DATA {root}: class folders differ between {parts['train'].name}/ {classes} "
+                              f"and {parts[part].name}/ {names}")
+    _check_classes(root, classes)
+    split = Split(classes, layout="split")
+    for i, c in enumerate(classes):
+        files = {part: _files(d / c, split.ignored) for part, d in parts.items()}
+        for part, fs in files.items():
+            if not fs:
+                raise EdgetlError(f"class folder {parts[part] / c} has no images")
+        for part, fs in files.items():
+            getattr(split, part).extend((str(p), i) for p in fs)
+    return split
+
+
+def _random_split(root: Path, val_split: float, seed: int) -> Split:
+    """A folder of class folders split per class (stratified), seeded: round(n * val_split) images of
+    each class (at least 1, at most n - 1) go to val."""
     classes = [d.name for d in _class_dirs(root)]
     _check_classes(root, classes)
-    split = Split(classes, layout="flat", ignored=ignored)
+    split = Split(classes, layout="flat")
     rng = random.Random(seed)
     for i, c in enumerate(classes):
-        files = _files(root / c, ignored)
+        files = _files(root / c, split.ignored)
         if not files:
             raise EdgetlError(f"class folder {root / c} has no images")
         if len(files) < 2:

@@ -13,7 +13,13 @@ class ArtifactCheckError(EdgetlError):
     exit_code = 3
 
 
+def first_line(e: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (its type name when the message is empty), at most
+    `limit` characters: runtimes and parsers raise with long, multi-line texts."""
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:limit]
+
+
 def describe(e: BaseException) -> str:
     """An unexpected exception as one short line: its type and the first line of its message."""
-    msg = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {msg[0][:160]}" if msg else type(e).__name__
+    return f"{type(e).__name__}: {first_line(e)}" if str(e).strip() else type(e).__name__

@@ -136,14 +136,20 @@ def view_pixels(pixels: np.ndarray, view: int, seed: int, start: int = 0) -> np.
     return augment_views(pixels, view, seed, start) if view else pixels
 
 
+def decode_item(item, size: int):
+    """Decode one (path, label) item: (uint8 pixels, None), or (None, skip record naming the file and why)
+    when the file cannot be decoded. Safe on any thread (Pillow releases the GIL while decoding)."""
+    try:
+        return load_image(item[0], size), None
+    except ImageDecodeError as e:
+        return None, {"file": item[0], "reason": str(e)}
+
+
 def decode_all(items, size: int, workers: int = 2, progress=None):
-    """Decode (path, label) items to (uint8 pixels, labels, paths, skipped) on `workers` threads (Pillow
-    releases the GIL while decoding). Bad files are skipped and reported, never fatal."""
+    """Decode (path, label) items to (uint8 pixels, labels, paths, skipped) on `workers` threads. Bad
+    files are skipped and reported, never fatal."""
     def one(item):
-        try:
-            out = load_image(item[0], size), None
-        except ImageDecodeError as e:
-            out = None, {"file": item[0], "reason": str(e)}
+        out = decode_item(item, size)
         if progress is not None:
             progress()
         return out
@@ -154,7 +160,8 @@ def decode_all(items, size: int, workers: int = 2, progress=None):
 
 
 def collect(items, results, size: int):
-    """(pixels, labels, paths, skipped) from decoded (pixels or None, skip record or None) results."""
+    """(pixels (N,size,size,3) uint8, labels (N,) int64, paths, skipped) from items and their
+    `decode_item` results, in item order; skipped files are left out of the first three."""
     pix, labels, paths, skipped = [], [], [], []
     for (path, label), (arr, skip) in zip(items, results):
         if skip is not None:

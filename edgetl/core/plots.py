@@ -1,20 +1,9 @@
-"""PNG plots (matplotlib Figure API with the Agg canvas, imported lazily; no pyplot): training curves and confusion matrices.
-
-C may append bench plot functions here.
-"""
+"""PNG plots of a training run (training curves, confusion matrix), drawn with matplotlib's Figure API
+(imported lazily; no pyplot, so no global state), in a helper process (PlotProcess) or in-process."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _figure(figsize):
@@ -97,7 +86,7 @@ class PlotProcess:
         import sys
 
         env = dict(os.environ)
-        root = str(Path(__file__).resolve().parent.parent)  # this edgetl, installed or not
+        root = str(Path(__file__).resolve().parents[2])  # the folder holding this edgetl, installed or not
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         try:
             self.proc = subprocess.Popen([sys.executable, "-m", "edgetl.core.plots"], stdin=subprocess.PIPE,
@@ -112,9 +101,9 @@ class PlotProcess:
         self.job = job
         if self.proc is not None:
             try:
-                from .rundir import _json_default
+                from .rundir import json_default
 
-                self.proc.stdin.write(json.dumps(job, default=_json_default).encode())
+                self.proc.stdin.write(json.dumps(job, default=json_default).encode())
                 self.proc.stdin.close()
             except OSError:  # the process died early: draw here in wait()
                 self.proc.kill()

@@ -42,7 +42,7 @@ def write_json(path: str | Path, obj) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+            json.dump(obj, f, indent=2, sort_keys=False, default=json_default)
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:
@@ -65,7 +65,8 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
-def _json_default(o):
+def json_default(o):
+    """json.dump's `default`: numpy scalars and arrays as Python values, paths as strings."""
     try:
         import numpy as np
 

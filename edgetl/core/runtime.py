@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import artifact, cpu
-from .errors import EdgetlError
+from .errors import EdgetlError, first_line
 from .formats import FORMATS, Format, format_of_file
 from .images import preprocess, quantize
 
@@ -41,14 +41,14 @@ def tensorflow_installed() -> bool:
     return importlib.util.find_spec("tensorflow") is not None
 
 
-def first_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    return (s[0] if s else type(e).__name__)[:160]
-
-
 class Runner:
-    """A loaded model. `run(x)` is one raw batch-1 call (what bench times); `outputs(x)` and
-    `predict_pixels(pixels)` do the input quantization and output dequantization around it."""
+    """A loaded model, from a file path or from the file's bytes in memory.
+
+    `run(x)` is one raw batch-1 call (what bench times); `outputs(x)` and `predict_pixels(pixels)` do the
+    input quantization and output dequantization around it. `meta` is the artifact metadata (labels,
+    preprocessing, quantization): `load()` reads it from the file; callers that pass bytes and only use
+    `outputs()` / `io()` on preprocessed inputs need none.
+    """
 
     def __init__(self, model: Path | bytes, fmt: Format, meta: dict | None = None, threads: int = 1):
         self.source, self.format, self.meta, self.threads = model, fmt, dict(meta or {}), threads
@@ -95,13 +95,16 @@ class Runner:
 
     def outputs(self, x: np.ndarray) -> np.ndarray:
         """Preprocessed float32 inputs (N,H,W,3) -> float32 outputs (N, D)."""
-        y = self.from_output(self.run_many(self.to_input(x)))
-        return y.reshape(len(x), -1) if len(x) else np.zeros((0, max(1, len(self.classes))), np.float32)
+        return self._rows(self.from_output(self.run_many(self.to_input(x))), len(x))
 
     def predict_prepared(self, xs: np.ndarray) -> np.ndarray:
         """Model-ready inputs (N, ...) -> probabilities (N, classes)."""
-        y = self.from_output(self.run_many(xs)).reshape(len(xs), -1)
+        y = self._rows(self.from_output(self.run_many(xs)), len(xs))
         return y[:, :len(self.classes)] if self.classes else y
+
+    def _rows(self, y: np.ndarray, n: int) -> np.ndarray:
+        """Outputs as one row per input ((0, classes) for no inputs)."""
+        return y.reshape(n, -1) if n else np.zeros((0, max(1, len(self.classes))), np.float32)
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         return self.predict_prepared(self.prepare(pixels))
@@ -111,6 +114,9 @@ class Runner:
 
 
 class TFLiteRunner(Runner):
+    """A .tflite file on LiteRT's interpreter (ai_edge_litert), `threads` CPU threads. Integer input and
+    output tensors are (de)quantized with the interpreter's own parameters."""
+
     def __init__(self, model, fmt=None, meta=None, threads: int = 1):
         super().__init__(model, fmt or FORMATS["tflite-fp32"], meta, threads)
         from ai_edge_litert.interpreter import Interpreter
@@ -160,6 +166,10 @@ def _tflite_quant(detail: dict):
 
 
 class ONNXRunner(Runner):
+    """An .onnx file on onnxruntime's CPU provider, `threads` intra-op threads, sequential execution.
+    Which session an int8 file gets is `session` (see session_mode); float inputs and outputs are
+    passed through, integer ones are (de)quantized with the parameters stored in the metadata."""
+
     BATCH = 16  # inputs per call when the graph's batch dimension is free (parity over many images)
 
     def __init__(self, model, fmt=None, meta=None, threads: int = 1, precise: bool | None = None):

@@ -1,5 +1,6 @@
 """Finishing a converter's output: lossless compaction (proved bit-identical on validation images) and
-edgetl's metadata embedded in the file (read back through the deployment runtime's own loader)."""
+edgetl's metadata embedded in the file (read back through the deployment runtime's own loader). Files
+are run through their registry row's runner (core.runtime), as bench and predict run them."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from ..core.artifact import embed_onnx, embed_tflite, read_onnx_meta_from_sessio
 from ..core.errors import ArtifactCheckError
 from ..core.flatbuffer import compact_tflite
 from ..core.formats import Format
-from ..core.runtime import ONNXRunner, TFLiteRunner
 from .context import ExportContext
 from .onnx_compact import compact_onnx, shorten_onnx_names
 
+LOSSLESS_CHECK_IMAGES = 8  # validation images on which a compacted file must match the converter's output
+
 
 def artifact_meta(ctx: ExportContext, fmt: Format, io: dict, weights_quant: dict | None = None) -> dict:
+    """The metadata a file carries: labels, I/O tensors (`io`: the runner's io()), preprocessing,
+    quantization, MACs and where it came from."""
     from .. import __version__
 
     w = ctx.run.meta.get("weights") or {}
@@ -40,27 +44,22 @@ def artifact_meta(ctx: ExportContext, fmt: Format, io: dict, weights_quant: dict
 
 def embed(ctx: ExportContext, fmt: Format, raw: bytes, weights_quant: dict | None = None) -> tuple[bytes, dict]:
     """Embed edgetl metadata and read it back through the deployment runtime's own loader."""
+    meta = artifact_meta(ctx, fmt, fmt.runner_class()(raw, fmt).io(), weights_quant)
     if fmt.suffix == ".tflite":
-        io = TFLiteRunner(raw).io()
-        meta = artifact_meta(ctx, fmt, io, weights_quant)
         out = embed_tflite(raw, meta)
         back = read_tflite_meta(out)
     else:
         import onnx
         import onnxruntime as ort
 
-        io = ONNXRunner(raw, precise=False).io()
-        meta = artifact_meta(ctx, fmt, io, weights_quant)
         proto = onnx.load_from_string(raw)
         embed_onnx(proto, meta)
         out = proto.SerializeToString()
+        # onnxruntime's model metadata, as core.artifact.read_meta reads it from a file
         back = read_onnx_meta_from_session(ort.InferenceSession(out, providers=["CPUExecutionProvider"]))
     if back != meta:
         raise ArtifactCheckError(f"{fmt.name}: embedded metadata did not read back intact")
     return out, meta
-
-
-LOSSLESS_CHECK_IMAGES = 8
 
 
 def compact(fmt: Format, raw: bytes) -> bytes:
@@ -81,7 +80,7 @@ def compact_checked(ctx: ExportContext, fmt: Format, raw: bytes) -> bytes:
     quantization) and bit-identical outputs to the raw converter output on validation images."""
     slim = compact(fmt, raw)
     x = ctx.val_x[:LOSSLESS_CHECK_IMAGES]
-    runners = [(TFLiteRunner(m) if fmt.suffix == ".tflite" else ONNXRunner(m, precise=False)) for m in (raw, slim)]
+    runners = [fmt.runner_class()(m, fmt) for m in (raw, slim)]
     same_io = runners[0].io() == runners[1].io()
     a, b = (r.outputs(x) for r in runners)
     if not same_io or not np.array_equal(a, b):

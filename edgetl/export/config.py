@@ -8,8 +8,11 @@ from pathlib import Path
 
 from ..core.config import REQUIRED, opt
 from ..core.errors import EdgetlError
-from ..core.formats import EXPORT_FORMATS, parse_formats
+from ..core.formats import EXPORT_FORMATS, FORMATS, INT8_EXPORTS, parse_formats
 from ..core.rundir import Run
+
+# --max-drop's default is each int8 row's registry tolerance; the help text shows it
+_INT8_TOLERANCES = ", ".join(sorted({f"{FORMATS[n].tolerance:g}" for n in INT8_EXPORTS}))
 
 
 @dataclass
@@ -19,7 +22,8 @@ class ExportConfig:
     format: str | None = opt(None, "Comma-separated formats (any subset): " + ", ".join(EXPORT_FORMATS),
                              "--format", "-f")
     calib: int = opt(200, "int8 calibration: number of training images (seeded sample)")
-    max_drop: float = opt(2.0, "int8 fails if it loses more accuracy points than this")
+    max_drop: float | None = opt(None, "int8 fails if it loses more accuracy points than this "
+                                       f"[default: {_INT8_TOLERANCES}, each int8 format's own]")
     keep_going: bool = opt(False, "A failed format gets a reason; the others finish", "--keep-going")
     size_budget: float = opt(30.0, "int8 files above this % of their fp32 file give per-tensor weight scales to "
                                    "the layers that lose least by it, if accuracy holds (0 = off: converter's "
@@ -39,21 +43,21 @@ def _existing(items):
     return [(p, y) for p, y in items if Path(p).is_file()]
 
 
-def check_inputs(run_path, fmt_spec: str | None, int8: bool, calib: int, max_drop: float,
-                 size_budget: float = 30.0):
-    """Everything the user can get wrong, checked before TensorFlow is imported."""
+def check_inputs(run_path, fmt_spec: str | None, int8: bool, calib: int, max_drop: float | None,
+                 size_budget: float = ExportConfig.size_budget):
+    """Everything the user can get wrong, checked before TensorFlow is imported: the options first, then
+    the run. Returns (run, formats, calibration items, validation items)."""
     fmts = parse_formats(fmt_spec, int8)
     if not 0 <= size_budget <= 100:
         raise EdgetlError(f"--size-budget {size_budget:g}: must be a percentage of the fp32 file size, "
                           "from 0 (off) to 100")
     if calib < 1:
         raise EdgetlError(f"--calib {calib}: must be a positive number of images")
-    if max_drop < 0:
+    if max_drop is not None and max_drop < 0:
         raise EdgetlError(f"--max-drop {max_drop}: must be >= 0 accuracy points")
     run = check_run(run_path)
-    qat = bool(run.meta.get("qat"))
     calib_items = _existing(run.split_items("train"))
-    if any(f.needs_calibration for f in fmts) and not qat and not calib_items:
+    if any(f.needs_calibration for f in fmts) and not run.meta.get("qat") and not calib_items:
         n = len(run.split_items("train"))
         raise EdgetlError(
             f"RUN {run.path}: int8 export needs training images for calibration, but "

@@ -7,10 +7,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..core.console import progress as progress_bar
 from ..core.data import seeded_subset
 from ..core.errors import EdgetlError
 from ..core.images import decode_all, preprocess
 from ..core.rundir import Run
+from ..model.graph import count_macs
+from ..model.load import load_run_model, strip_quantization
+from ..model.predict import predict
 
 
 @dataclass
@@ -30,7 +34,7 @@ class ExportContext:
     calib_items: list
     calib_n: int
     seed: int
-    console: object
+    skipped_val: list = field(default_factory=list)  # validation files that could not be decoded
     _calib_x: np.ndarray | None = None
     cache: dict = field(default_factory=dict)
 
@@ -44,3 +48,41 @@ class ExportContext:
                                   "for int8 calibration")
             self._calib_x = preprocess(pix, self.spec)
         return self._calib_x
+
+
+def load_model(run: Run):
+    """The run's Keras model (QAT models open inside quantize_scope); any failure is one line."""
+    try:
+        return load_run_model(run)
+    except EdgetlError:
+        raise
+    except Exception as e:
+        raise EdgetlError(f"RUN {run.path}: cannot load {run.model_path.name} "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
+                          "re-run `edgetl train`") from None
+
+
+def build_context(run: Run, calib_items: list, val_items: list, calib_n: int, seed: int | None = None,
+                  progress=None) -> ExportContext:
+    """Load the run's model, decode its validation images and take the Keras reference predictions (of the
+    float graph too, for a QAT run). `progress`: a core.console progress bar that gets one task per step."""
+    bar = progress if progress is not None else progress_bar(None)
+    size, spec = run.image_size, run.preprocessing
+    t = bar.add_task("load model", total=1)
+    model = load_model(run)
+    bar.advance(t)
+    t = bar.add_task("validation images", total=len(val_items))
+    pix, y, _, skipped = decode_all(val_items, size, progress=lambda: bar.advance(t))
+    if len(pix) == 0:
+        raise EdgetlError(f"RUN {run.path}: none of the {len(val_items)} validation images could be decoded")
+    val_x = preprocess(pix, spec)
+    t = bar.add_task("keras reference", total=1)
+    kp = predict(model, val_x)
+    qat = bool(run.meta.get("qat"))
+    float_model = strip_quantization(model) if qat else model
+    fp = predict(float_model, val_x) if qat else kp
+    bar.advance(t)
+    return ExportContext(run=run, model=model, float_model=float_model, float_probs=fp, size=size, spec=spec,
+                         classes=run.classes, val_x=val_x, val_y=y, keras_probs=kp, macs=count_macs(float_model),
+                         qat=qat, calib_items=calib_items, calib_n=calib_n,
+                         seed=int(seed if seed is not None else run.meta.get("seed", 0) or 0), skipped_val=skipped)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.formats import FORMATS, Format
+from ..core.formats import Format
 from ..model.tfenv import tf_and_keras, tflite_converter
 from .context import ExportContext
 from .onnx_int8 import unsigned_weights
@@ -31,12 +31,14 @@ def _tflite_converter(ctx: ExportContext, quantized: bool = False):
     return tf, tflite_converter(fn)
 
 
+# every converter takes (context, registry row) and returns the converter's bytes
 def tflite_fp32(ctx: ExportContext, fmt: Format) -> bytes:
     _, conv = _tflite_converter(ctx)
     return bytes(conv.convert())
 
 
 def tflite_fp16(ctx: ExportContext, fmt: Format) -> bytes:
+    """float16 weights, float32 activations (the converter's float16 quantization)."""
     tf, conv = _tflite_converter(ctx)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.target_spec.supported_types = [tf.float16]
@@ -74,10 +76,12 @@ def tflite_int8_bytes(ctx: ExportContext, io: str = "int8") -> bytes:
 
 
 def tflite_int8(ctx: ExportContext, fmt: Format) -> bytes:
+    """Full-integer TFLite with the row's I/O type (options["io"])."""
     return tflite_int8_bytes(ctx, fmt.options.get("io", "int8"))
 
 
 def onnx_fp32(ctx: ExportContext, fmt: Format) -> bytes:
+    """tf2onnx's conversion of the float graph, with a free batch dimension."""
     import tf2onnx
 
     tf, _ = tf_and_keras()
@@ -106,24 +110,19 @@ def _rename_io(proto) -> None:
 
 
 def onnx_int8(ctx: ExportContext, fmt: Format) -> bytes:
-    """ONNX int8 QDQ from the int8 TFLite graph (its calibrated or QAT-learned ranges), via tf2onnx.
+    """ONNX int8 QDQ from the int8 TFLite graph (its calibrated or QAT-learned ranges), via tf2onnx, with
+    u8 weights (export.onnx_int8).
 
-    Measured (issue 3, benchmarks/bench_export.py): onnxruntime's own static QDQ calibration
-    (MinMax/Entropy) loses 15-20 points on MobileNetV2 here and Percentile 5; re-using the TFLite
-    converter's per-tensor ranges keeps the int8 ONNX within the TFLite int8 accuracy.
+    Measured (benchmarks/bench_export.py): onnxruntime's own static QDQ calibration (MinMax/Entropy)
+    loses 15-20 points on MobileNetV2 here and Percentile 5; re-using the TFLite converter's per-tensor
+    ranges keeps the int8 ONNX within the TFLite int8 accuracy.
     Input/output stay float32 (QuantizeLinear/DequantizeLinear at the edges), the usual ONNX QDQ form.
     """
-    method = fmt.options.get("method", "tflite")
-    if method == "ort":
-        return onnx_int8_ort(ctx, fmt)
-    return onnx_int8_from_tflite(ctx, fmt)
-
-
-def onnx_int8_from_tflite(ctx: ExportContext, fmt: Format) -> bytes:
     return onnx_from_tflite(tflite_int8_bytes(ctx, "float32"), fmt)
 
 
 def onnx_from_tflite(tfl: bytes, fmt: Format) -> bytes:
+    """tf2onnx's conversion of a TFLite file (its converter reads a path), I/O renamed, u8 weights."""
     import tempfile
 
     import tf2onnx
@@ -137,42 +136,9 @@ def onnx_from_tflite(tfl: bytes, fmt: Format) -> bytes:
     return proto.SerializeToString()
 
 
-def onnx_int8_ort(ctx: ExportContext, fmt: Format, calibrate_method: str = "MinMax",
-                  extra_options: dict | None = None, nodes_to_exclude=None) -> bytes:
-    """onnxruntime static QDQ quantization of the float ONNX graph (kept for the benchmark comparison)."""
-    import tempfile
-
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-
-    fp32 = converted(ctx, FORMATS["onnx-fp32"])
-    x = ctx.calibration_inputs()
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(range(len(x)))
-
-        def get_next(self):
-            i = next(self.it, None)
-            return None if i is None else {INPUT_NAME: x[i:i + 1]}
-
-    with tempfile.TemporaryDirectory() as d:
-        src, dst = Path(d) / "fp32.onnx", Path(d) / "int8.onnx"
-        src.write_bytes(fp32)
-        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=fmt.options.get("per_channel", True), activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, calibrate_method),
-                        nodes_to_exclude=nodes_to_exclude or [], extra_options=extra_options or {})
-        import onnx
-
-        proto = onnx.load(str(dst))
-        unsigned_weights(proto)
-        return proto.SerializeToString()
-
-
 def converted(ctx: ExportContext, fmt: Format) -> bytes:
-    """fmt's converter output, made once per export (the size budget's fp32 reference and the ORT int8
-    path reuse it)."""
+    """fmt's converter output (the registry row's converter), made once per export (the size budget's
+    fp32 reference reuses it)."""
     if fmt.name not in ctx.cache:
         ctx.cache[fmt.name] = fmt.convert(ctx)
     return ctx.cache[fmt.name]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+
 def compact_onnx(proto, derive_bias_scales: bool = True) -> None:
     """Drop all-zero DequantizeLinear zero points, derivable bias scales, unused initializers and node
     names (in place)."""
@@ -102,7 +103,8 @@ def _subgraph_inputs(g) -> list[set]:
     out = []
     for n in g.node:
         for a in n.attribute:
-            subs = [a.g] if a.type == AttributeProto.GRAPH else list(a.graphs) if a.type == AttributeProto.GRAPHS else []
+            subs = ([a.g] if a.type == AttributeProto.GRAPH else
+                    list(a.graphs) if a.type == AttributeProto.GRAPHS else [])
             for s in subs:
                 out.append({x for m in s.node for x in m.input})
                 out.extend(_subgraph_inputs(s))

@@ -1,6 +1,7 @@
 """The checks every exported file passes before it is written: its predictions on the run's validation
-images against Keras (float files: probabilities within the format's tolerance; int8 files: accuracy
-within --max-drop points), and for int8 ONNX files the same answers on every CPU."""
+images against Keras (float files: probabilities within the registry row's tolerance; int8 files:
+accuracy within --max-drop points, by default the row's tolerance), and for int8 ONNX files (rows with a
+session_tolerance) the same answers on every CPU."""
 
 from __future__ import annotations
 
@@ -10,16 +11,18 @@ import numpy as np
 
 from ..core.errors import ArtifactCheckError, EdgetlError
 from ..core.formats import Format
-from ..core.runtime import ONNXRunner, TFLiteRunner
 from .context import ExportContext
 from .onnx_int8 import saturation_risks
 
 
-def parity(ctx: ExportContext, fmt: Format, model: bytes, max_drop: float) -> dict:
+def parity(ctx: ExportContext, fmt: Format, model: bytes, max_drop: float | None = None) -> dict:
+    """The file's predictions (through its registry runner) against the Keras reference; raises
+    ArtifactCheckError when they are off. max_drop: int8 accuracy points, None for the row's tolerance."""
     t0 = time.perf_counter()
-    probs = TFLiteRunner(model).outputs(ctx.val_x) if fmt.suffix == ".tflite" else ONNXRunner(model, precise=False).outputs(ctx.val_x)
+    probs = fmt.runner_class()(model, fmt).outputs(ctx.val_x)
+    int8 = fmt.precision == "int8"
     # float files are checked against the float graph; int8 files against the run's model (QAT or float)
-    y, kp = ctx.val_y, (ctx.keras_probs if fmt.precision == "int8" else ctx.float_probs)
+    y, kp = ctx.val_y, (ctx.keras_probs if int8 else ctx.float_probs)
     acc = float((probs.argmax(1) == y).mean())
     kacc = float((kp.argmax(1) == y).mean())
     res = {
@@ -32,32 +35,40 @@ def parity(ctx: ExportContext, fmt: Format, model: bytes, max_drop: float) -> di
         "drop_points": round(100.0 * (kacc - acc), 3),
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    if fmt.precision == "int8" and fmt.suffix == ".onnx":
+    if "session_tolerance" in fmt.options:
         res["sessions"] = check_onnx_sessions(fmt, model, probs, ctx.val_x)
-    if fmt.precision == "int8":
-        res["max_drop"] = max_drop
-        res["ok"] = res["drop_points"] <= max_drop
-        if not res["ok"]:
-            raise ArtifactCheckError(
-                f"{fmt.name}: accuracy {100 * acc:.1f}% vs Keras {100 * kacc:.1f}% on {len(y)} validation images "
-                f"(drop {res['drop_points']:.1f} points > --max-drop {max_drop:g}; top-1 agreement "
-                f"{100 * res['agreement']:.1f}%)", )
+    if int8:
+        _check_drop(fmt, res, acc, kacc, fmt.tolerance if max_drop is None else max_drop)
     else:
-        tol = fmt.tolerance
-        res["tolerance"] = tol
-        res["ok"] = res["max_abs_diff"] <= tol
-        if not res["ok"]:
-            raise ArtifactCheckError(
-                f"{fmt.name}: differs from Keras by up to {res['max_abs_diff']:.2g} in probability (tolerance {tol:g}); "
-                f"top-1 agreement {100 * res['agreement']:.1f}%, accuracy {100 * acc:.1f}% vs {100 * kacc:.1f}%")
+        _check_probabilities(fmt, res, acc, kacc)
     return res
+
+
+def _check_drop(fmt: Format, res: dict, acc: float, kacc: float, max_drop: float) -> None:
+    res["max_drop"] = max_drop
+    res["ok"] = res["drop_points"] <= max_drop
+    if not res["ok"]:
+        raise ArtifactCheckError(
+            f"{fmt.name}: accuracy {100 * acc:.1f}% vs Keras {100 * kacc:.1f}% on {res['n']} validation images "
+            f"(drop {res['drop_points']:.1f} points > --max-drop {max_drop:g}; top-1 agreement "
+            f"{100 * res['agreement']:.1f}%)")
+
+
+def _check_probabilities(fmt: Format, res: dict, acc: float, kacc: float) -> None:
+    tol = fmt.tolerance
+    res["tolerance"] = tol
+    res["ok"] = res["max_abs_diff"] <= tol
+    if not res["ok"]:
+        raise ArtifactCheckError(
+            f"{fmt.name}: differs from Keras by up to {res['max_abs_diff']:.2g} in probability (tolerance {tol:g}); "
+            f"top-1 agreement {100 * res['agreement']:.1f}%, accuracy {100 * acc:.1f}% vs {100 * kacc:.1f}%")
 
 
 def check_onnx_sessions(fmt: Format, model: bytes, probs: np.ndarray, x: np.ndarray) -> dict:
     """An int8 ONNX file must give the same answers wherever it runs. From the file: no GEMM-lowered
     layer may hold s8 weights that a non-VNNI x86 CPU can saturate. On this CPU: the default session
-    and one with session.x64quantprecision=1 must agree (on a non-VNNI x86 a difference is the
-    saturation signature; elsewhere both run the same kernels)."""
+    (`probs`) and one with session.x64quantprecision=1 must agree within the row's session_tolerance
+    (on a non-VNNI x86 a difference is the saturation signature; elsewhere both run the same kernels)."""
     import onnx
 
     risks = saturation_risks(onnx.load_from_string(model))
@@ -65,7 +76,7 @@ def check_onnx_sessions(fmt: Format, model: bytes, probs: np.ndarray, x: np.ndar
         raise ArtifactCheckError(f"{fmt.name}: {len(risks)} GEMM layer(s) hold s8 weights outside [-64, 63] that "
                                  f"CPUs without VNNI can saturate (first: {risks[0]})")
     try:
-        precise = ONNXRunner(model, precise=True).outputs(x)
+        precise = fmt.runner_class()(model, fmt, precise=True).outputs(x)
     except EdgetlError as e:  # onnxruntime rejects the file with the option set: not portable either
         raise ArtifactCheckError(str(e)) from None
     tol = float(fmt.options["session_tolerance"])

@@ -1,4 +1,5 @@
-"""MobileNetV2 backbone: weight resolution (Keras cache/download, local file, mirror dir) and features."""
+"""MobileNetV2 backbone: option checks, weight resolution (mirror dir, Keras cache/download, local file) and
+the frozen, average-pooled base."""
 
 from __future__ import annotations
 
@@ -9,12 +10,10 @@ from ..core.errors import EdgetlError
 from .tfenv import tf_and_keras
 
 ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
-MIN_SIZE, MAX_SIZE = 96, 224
+PRETRAINED_SIZES = (96, 128, 160, 192, 224)  # Keras publishes ImageNet weights for these input sizes
+MAX_SIZE = 224
 WEIGHTS_ENV = "EDGETL_WEIGHTS_DIR"
 KERAS_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
-
-
-PRETRAINED_SIZES = (96, 128, 160, 192, 224)
 
 
 def check_backbone_options(alpha: float, image_size: int, weights: str = "imagenet") -> None:
@@ -58,7 +57,7 @@ def resolve_weights(weights: str, alpha: float, image_size: int) -> dict:
             raise EdgetlError(f"--weights {weights}: no such file (give 'imagenet', 'random' or a path to a .h5)")
         return {"source": "file", "path": str(p.resolve()), "sha256": sha256_file(p)}
     # Keras publishes per-resolution files; the 224 px file loads at any size 96-224 (same shapes).
-    names = [keras_weights_name(alpha, r) for r in dict.fromkeys((image_size, 224)) if r in (96, 128, 160, 192, 224)]
+    names = [keras_weights_name(alpha, r) for r in dict.fromkeys((image_size, 224)) if r in PRETRAINED_SIZES]
     mirror = os.environ.get(WEIGHTS_ENV)
     if mirror:
         for n in names:

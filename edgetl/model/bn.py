@@ -1,5 +1,5 @@
 """BatchNormalization statistics: finding the BN layers (QAT wrappers unwrapped), measuring population
-statistics exactly (precise BN), and giving a randomly initialised base real statistics."""
+statistics exactly (precise BN) and storing them, and giving a randomly initialised base real statistics."""
 
 from __future__ import annotations
 
@@ -7,18 +7,14 @@ import numpy as np
 
 from ..core.console import progress
 from ..core.images import preprocess
+from .graph import layers_of_type
 from .tfenv import tf_and_keras
 
 
 def bn_layers(model) -> list:
     """The BatchNormalization layers of a flat tf_keras model (QAT wrappers unwrapped)."""
     _, keras = tf_and_keras()
-    out = []
-    for layer in model.layers:
-        inner = getattr(layer, "layer", layer)  # tfmot QuantizeWrapper keeps the real layer in .layer
-        if isinstance(inner, keras.layers.BatchNormalization):
-            out.append(inner)
-    return out
+    return layers_of_type(model, keras.layers.BatchNormalization)
 
 
 def bn_state(model) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -76,12 +72,19 @@ def estimate_bn_stats(model, pixels_uint8: np.ndarray, spec: dict, console=None,
     return out
 
 
+def assign_bn_stats(model, stats) -> None:
+    """Store (mean, variance) pairs, one per BN layer in bn_layers order, as the moving statistics."""
+    for b, (mean, var) in zip(bn_layers(model), stats):
+        b.moving_mean.assign(np.asarray(mean).astype(np.float32))
+        b.moving_variance.assign(np.asarray(var).astype(np.float32))
+
+
 def calibrate_random_bn(base, pixels: np.ndarray, spec: dict, n: int = 64, seed: int = 0) -> int:
     """--weights random only: set every BatchNormalization's moving mean/variance to the statistics of
     n seeded training images (one forward pass in training mode with momentum 0). Without it, a randomly
     initialised MobileNetV2's features shrink to ~1e-11 and no head can learn from them (tests,
     latency work). Returns the number of images used."""
-    bns = [layer for layer in base.layers if layer.__class__.__name__.startswith("BatchNormalization")]
+    bns = bn_layers(base)
     idx = np.sort(np.random.default_rng(seed).permutation(len(pixels))[:n])
     saved = [layer.momentum for layer in bns]
     try:

@@ -1,5 +1,5 @@
-"""The training loops train and compare share: the head on cached features, fine-tuning the top of the
-base on pixels."""
+"""The training loops train and compare share: the head on cached features (fit_head), fine-tuning the top
+of the base on pixels (fine_tune), and the one Keras Sequence of pixel batches (pixel_batches)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import numpy as np
 
 from ..core.console import progress
 from ..core.images import augment_image, preprocess
+from .bn import bn_layers
 from .graph import HEAD_PREFIX
 from .tfenv import tf_and_keras
 
@@ -17,21 +18,18 @@ def _compile(model, lr: float):
                   metrics=["accuracy"])
 
 
-class _EpochProgress:
-    """A rich progress bar over epochs (a Keras callback)."""
+def _epoch_progress(prog, task):
+    """A Keras callback advancing a progress bar by one epoch, with the epoch's loss and val accuracy."""
+    _, keras = tf_and_keras()
 
-    @staticmethod
-    def make(prog, task):
-        _, keras = tf_and_keras()
+    class EpochProgress(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            prog.update(task, advance=1, description=(
+                f"{prog.tasks[task].fields.get('name', 'train')} "
+                f"loss {logs.get('loss', float('nan')):.3f} val_acc {logs.get('val_accuracy', float('nan')):.3f}"))
 
-        class CB(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                logs = logs or {}
-                prog.update(task, advance=1, description=(
-                    f"{prog.tasks[task].fields.get('name', 'train')} "
-                    f"loss {logs.get('loss', float('nan')):.3f} val_acc {logs.get('val_accuracy', float('nan')):.3f}"))
-
-        return CB()
+    return EpochProgress()
 
 
 def fit_head(head_model, train_xy, val_xy, epochs: int = 30, lr: float = 1e-3, batch_size: int = 32,
@@ -102,71 +100,91 @@ def _history(h: dict) -> dict:
     return {k: [float(v) for v in vals] for k, vals in h.items()}
 
 
-class _PixelSequence:
-    """Batches of preprocessed pixels for model.fit: originals + seeded augmented views, built per batch
-    (no float copy of the whole data set in memory)."""
+def pixel_batches(pixels, labels, spec: dict, batch_size: int, seed: int, views: int = 0,
+                  order_salt: tuple = (), sorted_batches: bool = False):
+    """A Keras Sequence of (preprocessed pixels, labels) batches for model.fit, built per batch (no float
+    copy of the whole data set in memory): every image, plus `views` seeded augmented views of each.
 
-    @staticmethod
-    def make(pixels, labels, spec, batch_size, views: int, seed: int):
-        _, keras = tf_and_keras()
-        index = [(i, v) for v in range(views + 1) for i in range(len(pixels))]
+    The order is reshuffled every epoch from (seed, *order_salt, epoch); augmented views are drawn fresh
+    every epoch from (seed, image, view, epoch + 1), since the model changes between epochs anyway.
+    sorted_batches reads each batch's images in index order. Fine-tuning and compare's from-scratch arm
+    each keep their own salt and ordering, so their recorded results reproduce.
+    """
+    _, keras = tf_and_keras()
+    index = [(i, v) for v in range(views + 1) for i in range(len(pixels))]
 
-        class Seq(keras.utils.Sequence):
-            def __init__(self):
-                super().__init__()
-                self.order = np.arange(len(index))
-                self.epoch = 0
-                self.on_epoch_end()
+    class PixelBatches(keras.utils.Sequence):
+        def __init__(self):
+            super().__init__()
+            self.epoch = 0
+            self.order = self._order()
 
-            def __len__(self):
-                return (len(index) + batch_size - 1) // batch_size
+        def _order(self):
+            return np.random.default_rng([seed, *order_salt, self.epoch]).permutation(len(index))
 
-            def __getitem__(self, b):
-                sel = self.order[b * batch_size:(b + 1) * batch_size]
-                xs = []
-                for j in sel:
-                    i, v = index[j]
-                    # fresh views every epoch (the base changes, so nothing is cached here anyway)
-                    img = pixels[i] if v == 0 else augment_image(
-                        pixels[i], np.random.default_rng([seed, i, v, self.epoch]))
-                    xs.append(img)
-                return preprocess(np.stack(xs), spec), labels[[index[j][0] for j in sel]]
+        def __len__(self):
+            return (len(index) + batch_size - 1) // batch_size
 
-            def on_epoch_end(self):
-                self.order = np.random.default_rng([seed, 7919, self.epoch]).permutation(len(index))
-                self.epoch += 1
+        def __getitem__(self, b):
+            sel = self.order[b * batch_size:(b + 1) * batch_size]
+            if sorted_batches:
+                sel = np.sort(sel)
+            xs = np.stack([self._view(*index[j]) for j in sel])
+            return preprocess(xs, spec), labels[[index[j][0] for j in sel]]
 
-        return Seq()
+        def _view(self, i: int, v: int) -> np.ndarray:
+            if v == 0:
+                return pixels[i]
+            return augment_image(pixels[i], np.random.default_rng([seed, i, v, self.epoch + 1]))
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self.order = self._order()
+
+    return PixelBatches()
 
 
-def set_fine_tune_layers(base_layers, n_layers: int) -> int:
-    """Unfreeze the top n_layers of the base (Keras layer order, as base.layers[-n:]); BatchNormalization
-    stays frozen (trainable=False runs BN in inference mode in Keras 2). Returns how many layers with
-    weights became trainable."""
-    layers = [layer for layer in base_layers if layer.__class__.__name__ != "InputLayer"]
-    top_ids = {id(layer) for layer in (layers[-n_layers:] if n_layers else [])}
+def _head_ids(model) -> set[int]:
+    return {id(layer) for layer in model.layers if layer.name.startswith(HEAD_PREFIX)}
+
+
+def set_fine_tune_layers(model, n_layers: int) -> int:
+    """Make an assembled model ready to fine-tune: the top n_layers of its base trainable (Keras layer
+    order, as base.layers[-n:]) except BatchNormalization, which stays frozen (trainable=False runs BN in
+    inference mode in Keras 2); the head trainable. Returns how many base layers with weights became
+    trainable."""
+    heads = _head_ids(model)
+    base_layers = [layer for layer in model.layers if id(layer) not in heads]
+    counted = [layer for layer in base_layers if layer.__class__.__name__ != "InputLayer"]
+    top_ids = {id(layer) for layer in (counted[-n_layers:] if n_layers else [])}
+    bns = {id(b) for b in bn_layers(model)}
     n = 0
     for layer in base_layers:
-        is_bn = layer.__class__.__name__.startswith("BatchNormalization")
-        layer.trainable = id(layer) in top_ids and not is_bn
+        layer.trainable = id(layer) in top_ids and id(layer) not in bns
         n += int(layer.trainable and bool(layer.weights))
+    for layer in model.layers:
+        if id(layer) in heads:
+            layer.trainable = True
     return n
+
+
+def freeze_base(model) -> None:
+    """Every layer frozen except the head's (how an assembled model is saved and evaluated)."""
+    heads = _head_ids(model)
+    for layer in model.layers:
+        layer.trainable = id(layer) in heads
 
 
 def fine_tune(model, n_layers: int, train_px, train_y, val_px, val_y, spec: dict, epochs: int = 5,
               lr: float = 5e-5, batch_size: int = 32, augment: int = 0, patience: int = 3, seed: int = 0,
               console=None) -> dict:
     """Fine-tune the assembled model: top n_layers base layers trainable, BN in inference mode,
-    head trainable; early stopping on val loss, best weights restored."""
+    head trainable; early stopping on val loss, best weights restored; the model is left with only its
+    head trainable."""
     _, keras = tf_and_keras()
-    heads = {id(layer) for layer in model.layers if layer.name.startswith(HEAD_PREFIX)}
-    base_layers = [layer for layer in model.layers if id(layer) not in heads]
-    unfrozen = set_fine_tune_layers(base_layers, n_layers)
-    for layer in model.layers:
-        if id(layer) in heads:
-            layer.trainable = True
+    unfrozen = set_fine_tune_layers(model, n_layers)
     _compile(model, lr)
-    seq = _PixelSequence.make(train_px, train_y, spec, batch_size, augment, seed)
+    seq = pixel_batches(train_px, train_y, spec, batch_size, seed, views=augment, order_salt=(7919,))
     val = (preprocess(val_px, spec), val_y)
     loss_before = float(model.evaluate(val[0], val[1], batch_size=batch_size, verbose=0)[0])
     weights_before = model.get_weights()
@@ -174,7 +192,7 @@ def fine_tune(model, n_layers: int, train_px, train_y, val_px, val_y, spec: dict
     with progress(console) as prog:
         task = prog.add_task("fine-tune", total=epochs, name="fine-tune")
         h = model.fit(seq, validation_data=val, epochs=epochs, batch_size=batch_size, verbose=0, shuffle=False,
-                      callbacks=[stop, _EpochProgress.make(prog, task)])
+                      callbacks=[stop, _epoch_progress(prog, task)])
     hist = _history(h.history)
     hist["val_loss_before"] = loss_before
     # early stopping also covers "epoch 0": if no fine-tuning epoch beat the val loss the head reached,
@@ -182,8 +200,7 @@ def fine_tune(model, n_layers: int, train_px, train_y, val_px, val_y, spec: dict
     hist["kept_weights_before"] = bool(min(hist["val_loss"]) >= loss_before)
     if hist["kept_weights_before"]:
         model.set_weights(weights_before)
-    for layer in model.layers:  # leave the saved model fully frozen-flagged except the head
-        layer.trainable = id(layer) in heads
+    freeze_base(model)
     hist["best_epoch"] = 0 if hist["kept_weights_before"] else int(stop.best_epoch) + 1
     hist["unfrozen_layers"] = unfrozen
     return hist

@@ -60,11 +60,21 @@ def split_model(model):
     return base, keras.Model(inp, x, name="head")
 
 
+def unwrapped(layer):
+    """The Keras layer itself: tfmot's QuantizeWrapper keeps the wrapped layer in `.layer`."""
+    return getattr(layer, "layer", layer)
+
+
+def layers_of_type(model, cls) -> list:
+    """The layers of a flat model that are instances of `cls` (QAT wrappers unwrapped), in graph order."""
+    return [inner for inner in map(unwrapped, model.layers) if isinstance(inner, cls)]
+
+
 def count_macs(model) -> int:
     """Multiply-accumulates per image from the Keras layers (conv, depthwise conv, dense)."""
     total = 0
     for layer in model.layers:
-        inner = getattr(layer, "layer", layer)  # tfmot QuantizeWrapper
+        inner = unwrapped(layer)
         kind = type(inner).__name__
         if kind not in ("Conv2D", "DepthwiseConv2D", "Dense"):
             continue

@@ -27,8 +27,8 @@ def load_run_model(run):
 def quantize_scope():
     """tfmot's quantize_scope, plus two load-time fixes so a QAT model saved as .keras loads back.
 
-    tfmot 0.8.1 + tf_keras 2.21 cannot reload its own .keras files (tensorflow/model-optimization PR
-    #1123, unmerged): (1) the loader calls QuantizeLayer.build twice (build_from_config, then the
+    tfmot 0.8.1 + tf_keras 2.21 cannot reload its own .keras files (no released tfmot fixes it):
+    (1) the loader calls QuantizeLayer.build twice (build_from_config, then the
     functional call), creating 5 variables where 3 were saved; (2) QuantizeWrapperV2.build lists the
     inner layer's trainable weights before building it, so a wrapper rebuilt from config owns fewer
     variables than the saved one (the kernel appears twice in the original). Here QuantizeLayer.build

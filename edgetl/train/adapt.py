@@ -36,7 +36,7 @@ from ..core.console import progress
 from ..core.data import seeded_subset
 from ..core.errors import EdgetlError
 from ..core.images import decode_all
-from ..model.bn import bn_layers, estimate_bn_stats
+from ..model.bn import assign_bn_stats, bn_layers, estimate_bn_stats
 
 SHIFTS = ("low-light", "colour-cast", "grayscale", "low-contrast", "blur")
 
@@ -46,7 +46,7 @@ def adapt_bn(model, pixels_uint8: np.ndarray, spec: dict, console=None, referenc
     """Re-estimate the moving mean/variance of every BatchNormalization layer for the new domain.
 
     pixels_uint8: (N, H, W, 3) uint8 images of the NEW domain (no labels), already resized to the
-    model's input size; spec: the run's preprocessing spec (data.preprocessing_spec).
+    model's input size; spec: the run's preprocessing spec (core.images.preprocessing_spec).
     reference_pixels: images of the domain the model was trained on (the source run's training
     images; `source_pixels(run)` decodes them). With them ("relative" AdaBN) each channel's stored
     statistics are mapped by the measured source -> new-domain change:
@@ -66,24 +66,13 @@ def adapt_bn(model, pixels_uint8: np.ndarray, spec: dict, console=None, referenc
     if reference_pixels is not None:
         _check_pixels(model, reference_pixels, "reference (source-domain) images")
     target = estimate_bn_stats(model, pixels_uint8, spec, console, batch_size, "new-domain BN statistics")
-    if reference_pixels is not None:
+    if reference_pixels is None:
+        method, source, stats = "adabn", None, target
+    else:
         source = estimate_bn_stats(model, reference_pixels, spec, console, batch_size, "source-domain BN statistics")
         method = "adabn-relative"
-    else:
-        source = None
-        method = "adabn"
-    for i, b in enumerate(layers):
-        mt, vt = target[i]
-        if source is None:
-            mean, var = mt, vt
-        else:
-            ms, vs = source[i]
-            mo = b.moving_mean.numpy().astype(np.float64)
-            vo = b.moving_variance.numpy().astype(np.float64)
-            s = np.sqrt((vt + b.epsilon) / (vs + b.epsilon))
-            mean, var = mt + (mo - ms) * s, vo * s * s
-        b.moving_mean.assign(mean.astype(np.float32))
-        b.moving_variance.assign(var.astype(np.float32))
+        stats = [_relative(b, t, s) for b, t, s in zip(layers, target, source)]
+    assign_bn_stats(model, stats)
     info = {"method": method, "bn_layers": len(layers), "images": int(len(pixels_uint8)),
             "reference_images": None if reference_pixels is None else int(len(reference_pixels)),
             "batch_size": int(batch_size), "seconds": round(time.perf_counter() - t0, 3)}
@@ -94,6 +83,15 @@ def adapt_bn(model, pixels_uint8: np.ndarray, spec: dict, console=None, referenc
         console.print(f"adapt-bn: re-estimated {len(layers)} BatchNormalization layers on {info['images']} "
                       f"new-domain images ({how}) in {info['seconds']:.1f} s; no labels used")
     return model
+
+
+def _relative(bn, target, source) -> tuple[np.ndarray, np.ndarray]:
+    """A BN layer's stored statistics mapped by the measured source -> target change of its input."""
+    (mt, vt), (ms, vs) = target, source
+    mo = bn.moving_mean.numpy().astype(np.float64)
+    vo = bn.moving_variance.numpy().astype(np.float64)
+    s = np.sqrt((vt + bn.epsilon) / (vs + bn.epsilon))
+    return mt + (mo - ms) * s, vo * s * s
 
 
 def _check_pixels(model, pixels, what: str) -> None:

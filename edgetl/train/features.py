@@ -1,171 +1,151 @@
-"""Base features of every image, computed while TensorFlow imports: a thread pool decodes the images and
-runs the backbone's cached TFLite copy on them (each thread its own interpreter; Pillow and the
-interpreter release the GIL), on the core the TensorFlow import leaves free."""
+"""Base features of every image, computed while TensorFlow imports.
+
+A thread pool decodes the images and runs the backbone's cached TFLite copy on them (each thread its own
+interpreter; Pillow and the interpreter release the GIL) on the core that the main thread's TensorFlow
+import leaves free. The pool has `workers - 1` threads, so during the import both cores are busy and
+neither is oversubscribed; once the main thread has imported TensorFlow (and built the Keras base) it takes
+its share: it runs every task the pool has not started yet (`_run_here`), last first, while the pool works
+from the front.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
 from ..core import images
-from ..core.images import feature_views, view_pixels
+from ..core.images import collect, decode_item, feature_views, view_pixels
 from ..core.runtime import TFLiteRunner
 
 
-class Decoder:
-    """Decode (path, label) items to uint8 pixels; any number of threads may call `work()` at once
-    (Pillow releases the GIL while decoding). Bad files are skipped and reported, never fatal."""
-
-    def __init__(self, items, size: int, progress=None):
-        self.items, self.size, self.progress = list(items), size, progress
-        self.results: list = [None] * len(self.items)
-        self._next = 0
-        self._finished = 0
-        self._lock = threading.Lock()
-        self._all_done = threading.Condition(self._lock)
-        self.error: BaseException | None = None
-
-    def work(self) -> None:
-        try:
-            while True:
-                with self._lock:
-                    i = self._next
-                    self._next += 1
-                if i >= len(self.items) or self.error is not None:
-                    return
-                path, _ = self.items[i]
-                try:
-                    self.results[i] = (images.load_image(path, self.size), None)
-                except images.ImageDecodeError as e:
-                    self.results[i] = (None, {"file": path, "reason": str(e)})
-                with self._lock:
-                    self._finished += 1
-                    if self._finished == len(self.items):
-                        self._all_done.notify_all()
-                if self.progress is not None:
-                    self.progress()
-        except BaseException as e:  # re-raised by collect() in the caller's thread
-            with self._lock:
-                self.error = e
-                self._all_done.notify_all()
-
-    def wait_all(self) -> None:
-        """Block until every item is decoded (by whichever threads claimed them) or one failed."""
-        with self._lock:
-            self._all_done.wait_for(lambda: self._finished == len(self.items) or self.error is not None)
-
-    def collect(self, start: int = 0, stop: int | None = None):
-        """(pixels, labels, paths, skipped) of items[start:stop], all decoded by now."""
-        if self.error is not None:
-            raise self.error
-        pix, labels, paths, skipped = [], [], [], []
-        for (path, label), (arr, skip) in zip(self.items[start:stop], self.results[start:stop]):
-            if skip is not None:
-                skipped.append(skip)
-            else:
-                pix.append(arr)
-                labels.append(label)
-                paths.append(path)
-        arr = np.stack(pix) if pix else np.zeros((0, self.size, self.size, 3), np.uint8)
-        return arr, np.asarray(labels, dtype=np.int64), paths, skipped
+class TFLiteFailed(Exception):
+    """The cached TFLite base failed on this machine's runtime: the caller computes features with TensorFlow."""
 
 
 class FeaturePipeline:
-    """Decode every image, then the frozen base's features of every view (train originals, val, then
-    `augment` seeded views of the training images) from the base's TFLite copy, on any number of
-    threads calling `work()` (each with its own interpreter; Pillow and the interpreter release the GIL).
+    """Decode `items` (train items first, then val), then compute the frozen base's features of every view
+    (train originals, val, then `augment` seeded views of the training images, as core.images.feature_views
+    orders them) with the base's TFLite copy, in chunks of CHUNK images on the thread pool.
 
-    The features start once `start_features(model)` is called: at once when the backbone's TFLite copy
-    is cached (the features then run while the main thread imports TensorFlow), or after the main
-    thread made the copy. `start_features(None)`: decode only (the TensorFlow features path).
+    Features start as soon as the images are decoded when the TFLite base is given up front (`base`: a
+    cached copy), else when `start_features(base)` is called (after the main thread made the copy). Without
+    either the pipeline only decodes (the TensorFlow features path). Use it as a context manager: leaving
+    the block cancels what is queued and waits for what runs (errors, Ctrl-C).
     """
 
-    CHUNK = 32
+    CHUNK = 32  # images per TFLite feature task
+    DECODE_CHUNK = 8  # images per decoding task
 
-    def __init__(self, items, n_train: int, size: int, spec: dict, augment: int, seed: int,
-                 on_decoded=None, on_features=None):
-        self.dec = Decoder(items, size, progress=on_decoded)
-        self.n_train, self.spec, self.augment, self.seed = n_train, spec, augment, seed
-        self.on_features = on_features
-        self._model: bytes | None = None
-        self._ready = threading.Event()
+    def __init__(self, items, n_train: int, size: int, spec: dict, augment: int, seed: int, workers: int = 2,
+                 base: bytes | None = None, on_decoded=None, on_features=None):
+        self.items, self.n_train, self.size, self.spec = list(items), n_train, size, spec
+        self.augment, self.seed = augment, seed
+        self.on_decoded, self.on_features = on_decoded, on_features
+        self.seconds = 0.0  # thread time spent computing features (all threads)
+        self._durations: list[float] = []
+        self._local = threading.local()  # each thread's own TFLite interpreter
         self._lock = threading.Lock()
-        self._split_lock = threading.Lock()
         self._split: tuple | None = None
-        self._tasks: list | None = None
-        self._next = 0
-        self._out: dict = {}
-        self.error: BaseException | None = None
-        self.tflite_error: str | None = None  # the TFLite base failed: use the TensorFlow path
-        self.seconds = 0.0  # thread time spent in features (all threads)
+        self._base: bytes | None = None
+        self._tasks: dict[tuple, Future] = {}
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers - 1), thread_name_prefix="edgetl-features")
+        n = len(self.items)
+        bounds = [(s, min(n, s + self.DECODE_CHUNK)) for s in range(0, n, self.DECODE_CHUNK)]
+        self._decodes = {b: self._pool.submit(self._decode, *b) for b in bounds}
+        # with a cached base the features follow the decoding on the pool, while the main thread imports
+        self._starter = self._pool.submit(self.start_features, base) if base is not None else None
 
-    def start_features(self, model: bytes | None) -> None:
-        if not self._ready.is_set():
-            self._model = model
-            self._ready.set()
+    def __enter__(self):
+        return self
 
-    @property
-    def with_features(self) -> bool:
-        return self._ready.is_set() and self._model is not None
+    def __exit__(self, *exc):
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def split(self):
-        """((train pixels, labels, paths, skipped), (val ...)): decoded by now; stacked once, whichever
-        thread asks first (the features and the caller share the arrays)."""
-        with self._split_lock:
+    # -- decoding ---------------------------------------------------------------------------------------
+    def _decode(self, start: int, stop: int) -> list:
+        out = []
+        for item in self.items[start:stop]:
+            out.append(decode_item(item, self.size))
+            if self.on_decoded is not None:
+                self.on_decoded()
+        return out
+
+    def decoded(self):
+        """((train pixels, labels, paths, skipped), (val ...)): the calling thread decodes what the pool has
+        not started, waits for the rest, and the arrays are stacked once (features and caller share them)."""
+        with self._lock:
             if self._split is None:
-                self._split = (self.dec.collect(0, self.n_train), self.dec.collect(self.n_train, None))
+                results = [r for chunk in _run_here(self._decodes, self._decode) for r in chunk]
+                n, size = self.n_train, self.size
+                self._split = (collect(self.items[:n], results[:n], size), collect(self.items[n:], results[n:], size))
             return self._split
 
-    def _pixels(self, which: str) -> np.ndarray:
-        return self.split()[0 if which == "train" else 1][0]
+    # -- features ---------------------------------------------------------------------------------------
+    def start_features(self, base: bytes | None) -> None:
+        """Queue the feature tasks of every view on the pool, to run on `base` (TFLite bytes); None: the
+        features are computed elsewhere (TensorFlow). Called once: by the pool when the base was given up
+        front, else by the caller."""
+        if base is None:
+            return
+        (tr_px, *_), (va_px, *_) = self.decoded()
+        n = {"train": len(tr_px), "val": len(va_px)}
+        self._base = base
+        self._tasks = {(which, v, s): self._pool.submit(self._features, which, v, s)
+                       for which, v in feature_views(self.augment) for s in range(0, n[which], self.CHUNK)}
 
-    def _claim(self):
-        with self._lock:
-            if self._tasks is None:
-                n = {which: len(self._pixels(which)) for which in ("train", "val")}
-                self._tasks = [(which, v, s) for which, v in feature_views(self.augment)
-                               for s in range(0, n[which], self.CHUNK)]
-            i = self._next
-            self._next += 1
-        return self._tasks[i] if i < len(self._tasks) else None
+    def started(self) -> bool:
+        """Whether the TFLite features were started (at construction, or by `start_features`)."""
+        if self._starter is not None:
+            self._starter.result()  # returns once the feature tasks are queued
+        return bool(self._tasks)
 
-    def work(self) -> None:
+    def _features(self, which: str, view: int, start: int) -> np.ndarray:
+        t = time.perf_counter()
+        pixels = self.decoded()[0 if which == "train" else 1][0]
+        px = view_pixels(pixels[start:start + self.CHUNK], view, self.seed, start)
+        x = images.preprocess(px, self.spec)
         try:
-            self.dec.work()
-            self._ready.wait()
-            if self._model is None or self.error is not None:
-                return
-            self.dec.wait_all()
-            base = None
-            while (task := self._claim()) is not None and self.error is None and self.tflite_error is None:
-                t = time.perf_counter()
-                which, view, s = task
-                px = view_pixels(self._pixels(which)[s:s + self.CHUNK], view, self.seed, s)
-                x = images.preprocess(px, self.spec)
-                try:
-                    base = base or TFLiteRunner(self._model)
-                    self._out[task] = base.outputs(x)
-                except Exception as e:  # a cached file the runtime rejects: the caller falls back
-                    self.tflite_error = self.tflite_error or f"{type(e).__name__}: {str(e)[:120]}"
-                    return
-                with self._lock:
-                    self.seconds += time.perf_counter() - t
-                if self.on_features is not None:
-                    self.on_features(len(px))
-        except BaseException as e:  # re-raised by features() in the main thread
-            self.error = self.error or e
-            self._ready.set()
+            if getattr(self._local, "runner", None) is None:
+                self._local.runner = TFLiteRunner(self._base)
+            out = self._local.runner.outputs(x)
+        except Exception as e:  # a cached file this machine's runtime rejects: the caller falls back
+            raise TFLiteFailed(f"{type(e).__name__}: {str(e)[:120]}") from None
+        self._durations.append(time.perf_counter() - t)  # (list.append is atomic)
+        if self.on_features is not None:
+            self.on_features(len(px))
+        return out
 
     def features(self) -> tuple[np.ndarray, np.ndarray]:
-        """(train features: originals then each augmented view, val features), all computed by now."""
-        if self.error is not None:
-            raise self.error
-        n_feat = next((self._out[k].shape[1] for k in self._tasks), 0)
+        """(train features: originals then each augmented view, val features). The calling thread computes
+        the chunks the pool has not started. Raises TFLiteFailed (after cancelling the rest) if the TFLite
+        base failed."""
+        self.started()
+        try:
+            outs = _run_here(self._tasks, self._features)
+        except TFLiteFailed:
+            for f in self._tasks.values():
+                f.cancel()
+            raise
+        self.seconds = sum(self._durations)
+        by_key = dict(zip(self._tasks, outs))
+        n_feat = next((o.shape[1] for o in outs), 0)
 
         def cat(which):
-            arrs = [self._out[k] for k in self._tasks if k[0] == which]
+            arrs = [o for k, o in by_key.items() if k[0] == which]
             return np.concatenate(arrs) if arrs else np.zeros((0, n_feat), np.float32)
 
         return cat("train"), cat("val")
+
+
+def _run_here(tasks: dict[tuple, Future], fn) -> list:
+    """Results of the pool's tasks, in order: every task the pool has not started yet is cancelled there and
+    run on this thread instead (last first, so this thread and the pool meet in the middle); the others are
+    waited for."""
+    here = {}
+    for key, f in reversed(tasks.items()):
+        if f.cancel():
+            here[key] = fn(*key)
+    return [here[key] if key in here else f.result() for key, f in tasks.items()]

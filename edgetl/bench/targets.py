@@ -1,0 +1,165 @@
+"""What a bench measures: one Target per artifact file (and per format that failed at export), read
+cheaply in the parent, and the evaluation images, decoded ONCE (same decoding as training) into .npy
+files that every worker maps, so rows measure the model, not JPEG decoding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..core import data, images, runtime
+from ..core.console import progress
+from ..core.errors import EdgetlError
+from ..core.formats import FORMATS
+from ..core.rundir import META_FILE, Run
+
+
+@dataclass
+class Target:
+    path: Path
+    label: str  # row name, e.g. "tflite-int8" or "runA/tflite-int8"
+    fmt: str | None = None
+    meta: dict | None = None
+    run: Run | None = None
+    status: str | None = None  # set when the artifact fails before measuring
+    eval_key: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def collect_targets(paths: list[Path], formats: list[str] | None) -> list[Target]:
+    """Run directories give one target per artifact present (registry order) plus one per format the
+    manifest records as failed at export; bare files give one target each, labelled later."""
+    for p in paths:
+        if not p.exists():
+            raise EdgetlError(f"{p}: no such run directory or model file")
+    multi = len(paths) > 1
+    out: list[Target] = []
+    for p in paths:
+        if p.is_dir():
+            out += _run_targets(p, formats, f"{p.name}/" if multi else "")
+        else:
+            out.append(Target(p, ""))  # labelled after its format is known (assign_labels)
+    return out
+
+
+def _run_targets(p: Path, formats: list[str] | None, prefix: str) -> list[Target]:
+    run = Run(p)
+    found = [f for f in FORMATS.values() if (p / f.filename).is_file()]
+    if not [f for f in found if f.runtime != "tensorflow"]:
+        raise EdgetlError(f"RUN {p}: no exported artifacts; run `edgetl export {p}` first")
+    manifest = run.manifest.get("artifacts", {})
+    out = []
+    for f in FORMATS.values():  # formats export could not write are named too, with the reason
+        entry = manifest.get(f.name) or {}
+        if f not in found and entry.get("status") == "failed" and (not formats or f.name in formats):
+            out.append(Target(p / f.filename, prefix + f.name, f.name, run=run,
+                              status=f"failed at export: {entry.get('reason', 'see manifest.json')}"))
+    for f in found:
+        if formats and f.name not in formats:
+            continue
+        t = Target(p / f.filename, prefix + f.name, f.name, run=run)
+        st = (manifest.get(f.name) or {}).get("status")
+        if st and st != "ok":
+            t.extra["export_status"] = st
+        out.append(t)
+    return out
+
+
+def assign_labels(targets: list[Target]) -> None:
+    """Bare files are named by their format (unique) or parent-folder/format; unreadable ones by path."""
+    for t in targets:
+        if t.label:
+            continue
+        same = [o for o in targets if o.fmt and o.fmt == t.fmt]
+        t.label = t.fmt if t.fmt and len(same) == 1 else f"{t.path.parent.name}/{t.fmt or t.path.name}"
+
+
+def describe(t: Target) -> None:
+    """Read the artifact's metadata in the parent (cheap): classes, size and eval source. Errors -> status."""
+    if t.status:
+        return
+    try:
+        fmt, meta = runtime.identify(t.path)
+    except EdgetlError as e:
+        t.status = f"error: {e}"
+        return
+    t.fmt, t.meta = fmt.name, meta
+    if t.run is None and fmt.runtime != "tensorflow":
+        src = (meta.get("source") or {}).get("run")
+        cand = [t.path.parent] + ([Path(src)] if src else [])
+        for c in cand:
+            if (c / META_FILE).is_file():
+                try:
+                    t.run = Run(c)
+                    break
+                except EdgetlError:
+                    pass
+
+
+def keras_macs(targets: list[Target]) -> None:
+    """The Keras row has no embedded metadata: borrow MACs from an artifact of the same run."""
+    for t in targets:
+        if t.fmt == "keras" and t.meta and not t.meta.get("macs"):
+            for o in targets:
+                if o is not t and o.run is not None and t.run is not None and o.run.path == t.run.path \
+                        and o.meta and o.meta.get("macs"):
+                    t.meta["macs"] = o.meta["macs"]
+                    break
+
+
+def prepare_eval(targets: list[Target], data_dir: Path | None, tmp: Path, console) -> dict:
+    """Decode each distinct (image list, size) once into tmp/*.npy; returns {key: info}. A target without
+    images gets an accuracy note (or an error status) instead of an eval_key."""
+    sets: dict = {}
+    for t in targets:
+        if t.status or t.meta is None:
+            continue
+        classes, size = list(t.meta["classes"]), int(t.meta["preprocessing"]["size"][0])
+        found = _eval_items(t, classes, data_dir)
+        if found is None:
+            continue
+        items, ignored, source = found
+        key = f"{source}|{size}|{','.join(classes)}"
+        if key not in sets:
+            sets[key] = _decode(items, size, len(sets), tmp, console, source)
+            sets[key]["ignored"] = len(ignored)
+        t.eval_key = key
+    return sets
+
+
+def _eval_items(t: Target, classes: list[str], data_dir: Path | None) -> tuple[list, list, str] | None:
+    """(items, ignored files, source description) of a target's labelled images: --data, else its run's
+    validation split (the images still on this machine); None, with a note or status set, when it has none."""
+    if data_dir is not None:
+        _, items, ignored = data.labelled_folder(data_dir, classes)  # raises on class mismatch
+        return items, ignored, f"--data {data_dir}"
+    if t.run is not None:
+        if t.run.classes != classes:
+            t.status = f"error: labels {classes} differ from its run's {t.run.classes}"
+            return None
+        items = t.run.split_items("val")
+        present = [it for it in items if Path(it[0]).is_file()]
+        if present:
+            ignored = [{"file": p, "reason": "missing"} for p, _ in items if not Path(p).is_file()]
+            return present, ignored, f"validation split of {t.run.path}"
+        if items:  # e.g. the run folder was copied to a Pi without its images
+            t.extra["accuracy_note"] = (f"the run's {len(items)} validation images are not on this machine: "
+                                        "pass --data DIR")
+            return None
+    t.extra.setdefault("accuracy_note", "no labelled images: pass --data DIR")
+    return None
+
+
+def _decode(items, size, idx, tmp: Path, console, source) -> dict:
+    with progress(console, transient=True) as prog:
+        task = prog.add_task(f"decoding {len(items)} eval images at {size}px", total=len(items))
+        pix, labels, _, skipped = images.decode_all(items, size, progress=lambda: prog.advance(task))
+    px, lb = tmp / f"eval{idx}_{size}.npy", tmp / f"eval{idx}_{size}_labels.npy"
+    np.save(px, pix)
+    np.save(lb, labels)
+    for s in skipped:
+        console.print(f"[yellow]skipped[/] {s['file']}: {s['reason']}", highlight=False)
+    return {"source": source, "size": size, "images": int(len(labels)), "skipped": skipped,
+            "pixels": str(px), "labels": str(lb)}

@@ -1,0 +1,362 @@
+"""The exporter's steps on the tiny run, called directly on one export context (no model reload per
+test): lossless compaction of every converter output, the per-tensor rewrite and the size budget's
+decisions, the int8 accuracy check and its registry tolerance, and stopping at the first failure."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+
+from edgetl.core.errors import ArtifactCheckError
+from edgetl.core.formats import EXPORT_FORMATS, FORMATS
+
+
+@pytest.fixture(scope="module")
+def ctx(tiny_exported):
+    """The export context of the tiny run, as `factory.export_run` made it (calib 16, the run's seed)."""
+    from edgetl.core.rundir import Run
+    from edgetl.export.context import build_context
+
+    run = Run(tiny_exported)
+    return build_context(run, run.split_items("train"), run.split_items("val"), calib_n=16)
+
+
+@pytest.fixture(scope="module")
+def raw(ctx) -> dict[str, bytes]:
+    """Every registry converter's own output (before compaction and metadata)."""
+    from edgetl.export.convert import converted
+
+    return {name: converted(ctx, FORMATS[name]) for name in EXPORT_FORMATS}
+
+
+def run_file(blob: bytes, name: str, x: np.ndarray) -> np.ndarray:
+    """Probabilities of a file in memory, through its registry row's runner."""
+    fmt = FORMATS[name]
+    return fmt.runner_class()(blob, fmt).outputs(x)
+
+
+# ---------------------------------------------------------------------------------------------- compaction
+def _outputs(blob: bytes, suffix: str, x: np.ndarray, onnx_level=None) -> tuple[np.ndarray, tuple]:
+    """Raw output tensors (no dequantization) and the I/O signature, straight from the runtime."""
+    if suffix == ".tflite":
+        from ai_edge_litert.interpreter import Interpreter
+
+        it = Interpreter(model_content=blob)
+        it.allocate_tensors()
+        i, o = it.get_input_details()[0], it.get_output_details()[0]
+        ys = []
+        for k in range(len(x)):
+            xi = x[k:k + 1]
+            if i["dtype"] != np.float32:
+                s, z = i["quantization"]
+                xi = np.clip(np.round(xi / s + z), -128, 127).astype(i["dtype"])
+            it.set_tensor(i["index"], xi)
+            it.invoke()
+            ys.append(it.get_tensor(o["index"]).copy())
+        sig = (i["name"], o["name"], np.dtype(i["dtype"]).name, np.dtype(o["dtype"]).name,
+               tuple(i["shape"]), tuple(o["shape"]), i["quantization"], o["quantization"])
+        return np.concatenate(ys), sig
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if onnx_level is not None:
+        so.graph_optimization_level = onnx_level
+    sess = ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
+    i, o = sess.get_inputs()[0], sess.get_outputs()[0]
+    y = np.concatenate([sess.run(None, {i.name: x[k:k + 1]})[0] for k in range(len(x))])
+    return y, (i.name, o.name, i.type, o.type, tuple(i.shape), tuple(o.shape))
+
+
+@pytest.mark.parametrize("name", EXPORT_FORMATS)
+def test_compaction_is_lossless(ctx, raw, name):
+    """Compacted + metadata against the converter's own output: same I/O names, types, shapes and
+    quantization, bit-identical outputs (ONNX also without graph optimizations), metadata readable;
+    int8 and TFLite files get smaller."""
+    import onnxruntime as ort
+
+    from edgetl.export.artifacts import compact, embed
+
+    fmt = FORMATS[name]
+    slim = compact(fmt, raw[name])
+    final, meta = embed(ctx, fmt, slim)
+    x = np.random.default_rng(3).uniform(-1, 1, (6, 32, 32, 3)).astype(np.float32)
+    levels = [None] if fmt.suffix == ".tflite" else [ort.GraphOptimizationLevel.ORT_DISABLE_ALL, None]
+    for level in levels:
+        y_raw, io_raw = _outputs(raw[name], fmt.suffix, x, level)
+        y_fin, io_fin = _outputs(final, fmt.suffix, x, level)
+        assert io_fin == io_raw
+        assert y_fin.dtype == y_raw.dtype and np.array_equal(y_fin, y_raw), (name, level)
+    assert io_fin[0] == "input" and (fmt.suffix == ".tflite" or io_fin[1] == "probabilities")
+    assert meta["format"] == name and meta["input"]["name"] == io_fin[0] and meta["output"]["name"] == io_fin[1]
+    if fmt.precision == "int8" or fmt.suffix == ".tflite":
+        assert len(slim) < len(raw[name]), (name, len(slim), len(raw[name]))
+    else:
+        assert len(slim) <= len(raw[name])
+
+
+def _vector_offsets(buf: bytes):
+    """(zero-point vector offsets by content, Buffer.data offsets) of a TFLite file, via the schema's reader."""
+    from edgetl.core import flatbuffer
+
+    m = flatbuffer.schema().Model.GetRootAs(buf, 0)
+    sg = m.Subgraphs(0)
+    zps: dict[bytes, set] = {}
+    for i in range(sg.TensorsLength()):
+        q = sg.Tensors(i).Quantization()
+        if q is not None and q.ZeroPointLength():
+            zps.setdefault(q.ZeroPointAsNumpy().tobytes(), set()).add(q._tab.Vector(q._tab.Offset(10)))
+    datas = [m.Buffers(i)._tab.Vector(m.Buffers(i)._tab.Offset(4)) for i in range(m.BuffersLength())
+             if m.Buffers(i).DataLength()]
+    return zps, datas
+
+
+def test_compacted_tflite_shares_vectors_and_aligns_buffers(tiny_exported, raw):
+    """Every distinct zero-point vector is written once (the raw converter output repeats the all-zero
+    per-channel ones), constant data sits at 16-byte offsets (schema: force_align 16) in the written
+    file too, and compacting twice changes nothing."""
+    from edgetl.core.flatbuffer import compact_tflite
+
+    slim = compact_tflite(raw["tflite-int8"])
+    zps_raw, _ = _vector_offsets(raw["tflite-int8"])
+    zps, datas = _vector_offsets(slim)
+    assert sum(len(v) for v in zps_raw.values()) > len(zps_raw)  # the converter writes duplicates
+    assert set(zps) == set(zps_raw) and all(len(v) == 1 for v in zps.values())
+    assert datas and all(off % 16 == 0 for off in datas)
+    zps, datas = _vector_offsets((tiny_exported / FORMATS["tflite-int8"].filename).read_bytes())
+    assert all(len(v) == 1 for v in zps.values()) and all(off % 16 == 0 for off in datas)
+    assert compact_tflite(slim) == slim
+
+
+def test_embed_twice_leaves_no_orphan_buffer(raw):
+    from edgetl.core.artifact import embed_tflite, read_tflite_meta
+    from edgetl.core.flatbuffer import compact_tflite
+
+    once = embed_tflite(compact_tflite(raw["tflite-fp32"]), {"a": "x" * 500})
+    twice = embed_tflite(once, {"a": "y" * 500})
+    assert read_tflite_meta(twice) == {"a": "y" * 500}
+    assert len(twice) == len(once)
+
+
+def test_onnx_bias_scales_derived_only_when_exact(raw):
+    """Bias scales equal to float32(input scale) * weight scales become a Mul of those initializers; one
+    that differs by a single ulp stays stored."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgetl.export.onnx_compact import compact_onnx
+
+    proto = onnx.load_from_string(raw["onnx-int8"])
+    compact_onnx(proto)
+    muls = [n for n in proto.graph.node if n.op_type == "Mul"]
+    assert muls and not {n.output[0] for n in muls} & {t.name for t in proto.graph.initializer}
+    assert not any(n.op_type == "DequantizeLinear" and len(n.input) == 3 and n.input[2] in
+                   {t.name for t in proto.graph.initializer if not np.any(numpy_helper.to_array(t))}
+                   for n in proto.graph.node)
+    tampered = onnx.load_from_string(raw["onnx-int8"])
+    target = muls[0].output[0]
+    for t in tampered.graph.initializer:
+        if t.name == target:
+            a = numpy_helper.to_array(t).copy()
+            a[0] = np.nextafter(a[0], np.float32(np.inf))
+            t.CopyFrom(numpy_helper.from_array(a, t.name))
+    compact_onnx(tampered)
+    assert target in {t.name for t in tampered.graph.initializer}
+    assert target not in {n.output[0] for n in tampered.graph.node if n.op_type == "Mul"}
+    assert len([n for n in tampered.graph.node if n.op_type == "Mul"]) == len(muls) - 1
+
+
+def test_compaction_that_changes_outputs_is_refused(ctx, raw, monkeypatch):
+    """The exporter's own guard: a 'compacted' file whose weights differ is an error, not a file."""
+    from edgetl.core import flatbuffer
+    from edgetl.export import artifacts
+
+    real = artifacts.compact
+
+    def corrupting(fmt, blob):
+        m = flatbuffer.load_model(real(fmt, blob))
+        big = max(m.buffers, key=lambda b: 0 if b.data is None else len(b.data))
+        big.data = big.data.copy()
+        big.data[: len(big.data) // 2] = 0
+        return flatbuffer.pack_tflite(m)
+
+    monkeypatch.setattr(artifacts, "compact", corrupting)
+    with pytest.raises(ArtifactCheckError, match="compacted file does not behave exactly"):
+        artifacts.compact_checked(ctx, FORMATS["tflite-fp32"], raw["tflite-fp32"])
+
+
+# ---------------------------------------------------------------------------------------------- per-tensor rewrite
+def _tflite_layers(buf: bytes):
+    """(weight, bias, input) quantization of every conv/dense op, in order, from the file itself."""
+    from edgetl.core import flatbuffer
+    from edgetl.export.requantize import WEIGHT_OPS
+
+    m, names = flatbuffer.load_model(buf), flatbuffer.op_names()
+    sg, out = m.subgraphs[0], []
+    for op in sg.operators:
+        c = m.operatorCodes[op.opcodeIndex]
+        if names[max(c.builtinCode, c.deprecatedBuiltinCode)] in WEIGHT_OPS:
+            w, b, x = (sg.tensors[i] for i in (op.inputs[1], op.inputs[2], op.inputs[0]))
+            out.append({"w": np.frombuffer(bytes(m.buffers[w.buffer].data), np.int8).reshape(w.shape),
+                        "ws": np.asarray(w.quantization.scale, np.float32), "qd": w.quantization.quantizedDimension,
+                        "b": np.frombuffer(bytes(m.buffers[b.buffer].data), np.int32),
+                        "bs": np.asarray(b.quantization.scale, np.float32),
+                        "xs": np.float32(x.quantization.scale[0])})
+    return out
+
+
+def _dequant(layer) -> np.ndarray:
+    shape = [1] * layer["w"].ndim
+    shape[layer["qd"]] = -1
+    return layer["w"].astype(np.float64) * layer["ws"].reshape(shape).astype(np.float64)
+
+
+def test_per_tensor_requantization_is_exact_to_half_a_step(raw):
+    """requantize.per_tensor: the chosen layers get one weight scale (the largest channel's) and the bias
+    scale the format demands (input scale x weight scale); every weight and bias moves by at most half a
+    new step; the other layers are untouched; the file shrinks and still runs. rank() orders layers by
+    their own measured output change per byte saved."""
+    from edgetl.export import requantize as R
+
+    model = raw["tflite-int8"]
+    before = _tflite_layers(model)
+    cands = R.candidates(model, max_error=10.0)
+    assert len(cands) == sum(len(L["ws"]) > 1 for L in before) and all(c.saved == 8 * c.channels for c in cands)
+    pick = sorted(cands, key=lambda c: -c.channels)[:3]
+    out = R.per_tensor(model, [c.index for c in pick])
+    after = _tflite_layers(out)
+    per_channel = [i for i, L in enumerate(before) if len(L["ws"]) > 1]
+    chosen = {per_channel[c.index] for c in pick}
+    for i, (a, b) in enumerate(zip(before, after)):
+        if i not in chosen:
+            assert np.array_equal(a["w"], b["w"]) and np.array_equal(a["ws"], b["ws"])
+            assert np.array_equal(a["b"], b["b"]) and np.array_equal(a["bs"], b["bs"])
+            continue
+        big = a["ws"].max()
+        assert b["ws"].tolist() == [big] and b["bs"].tolist() == [np.float32(a["xs"] * big)]
+        assert np.abs(_dequant(b) - _dequant(a)).max() <= big / 2 * (1 + 1e-6)
+        old_bias = a["b"] * a["bs"].astype(np.float64)
+        assert np.abs(b["b"] * float(b["bs"][0]) - old_bias).max() <= float(b["bs"][0]) / 2 * (1 + 1e-6)
+    assert len(model) - len(out) >= sum(c.saved for c in pick) - 64
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
+    p0, p1 = run_file(model, "tflite-int8", x), run_file(out, "tflite-int8", x)
+    assert p1.shape == p0.shape and np.allclose(p1.sum(1), 1, atol=0.02)
+    with pytest.raises(ValueError, match="no such"):
+        R.per_tensor(model, [len(cands) + 5])
+    ranked = R.rank(model, pick, lambda mb, xx: run_file(mb, "tflite-int8", xx), x)
+    assert sorted(c.index for c in ranked) == sorted(c.index for c in pick)
+    for c in ranked:
+        alone = run_file(R.per_tensor(model, [c.index]), "tflite-int8", x)
+        assert np.isclose(c.sensitivity, np.abs(alone - p0).mean(), rtol=1e-5, atol=1e-9)
+    keys = [c.sensitivity / c.saved for c in ranked]
+    assert keys == sorted(keys)
+
+
+# ---------------------------------------------------------------------------------------------- size budget
+def test_size_budget_gives_the_fewest_layers_per_tensor_scales(ctx, monkeypatch):
+    """A budget just below the per-channel file: the fewest layers get per-tensor scales; the file fits,
+    passes the same parity check, and says so in its metadata and in the export's notes."""
+    from edgetl.export import budget
+    from edgetl.export.stage import _budget_note, make_artifact
+
+    monkeypatch.setitem(budget.MAX_EXTRA_DROP, "ptq", 100.0)  # the tiny random model's top-1 is not the subject
+    fmt = FORMATS["tflite-int8"]
+    full = len(make_artifact(ctx, fmt, 100.0, 0, {})[0])
+    fp32 = budget.fp32_bytes(ctx, fmt, {})
+    pct = 100 * (full - 2000) / fp32
+    blob, meta, par, b = make_artifact(ctx, fmt, 100.0, pct, {})
+    assert b["met"] and b["fp32_bytes"] == fp32 and b["per_channel_bytes"] == full
+    assert len(blob) <= b["limit_bytes"] == int(fp32 * pct / 100) < full
+    k = len(b["per_tensor_layers"])
+    assert k >= 1 and par["n"] == b["per_channel_parity"]["n"] == len(ctx.val_y)
+    assert meta["weights_quantization"]["per_tensor_layers"] == k
+    before, after = _tflite_layers(make_artifact(ctx, fmt, 100.0, 0, {})[0]), _tflite_layers(blob)
+    assert sum(len(L["ws"]) == 1 for L in after) - sum(len(L["ws"]) == 1 for L in before) == k
+    assert f"{k} layer" in _budget_note(fmt.name, b)[0] and "per-tensor weight scales" in _budget_note(fmt.name, b)[0]
+    # the smallest k: one layer fewer does not fit
+    layers = budget.ranked_layers(ctx)
+    fewer = budget.per_tensor(budget.tflite_int8_bytes(ctx, "int8"), [L.index for L in layers[:k - 1]])
+    assert k == 1 or len(budget.embed(ctx, fmt, budget.compact(fmt, fewer))[0]) > b["limit_bytes"]
+
+
+def test_size_budget_off_or_not_met_keeps_the_per_channel_file(ctx, monkeypatch):
+    """--size-budget 0 keeps the converter's per-channel file untouched. A budget no layer choice
+    reaches, a smaller file that loses accuracy, or a failing budget step: the per-channel file stays
+    and the budget entry says why."""
+    from edgetl.export import budget
+    from edgetl.export.stage import make_artifact
+
+    fmt = FORMATS["tflite-int8"]
+    blob, meta, par, info = make_artifact(ctx, fmt, 100.0, 0, {})
+    assert info is None and "weights_quantization" not in meta
+    fp32 = budget.fp32_bytes(ctx, fmt, {})  # made on the side: tflite-fp32 is not among the results
+    assert fp32 > len(blob)
+
+    def budget_info(percent):
+        out = budget.fit_size_budget(ctx, fmt, blob, meta, par, percent, 100.0, {})
+        assert out[0] == blob and out[1] == meta and out[2] == par
+        return out[3]
+
+    b = budget_info(1)
+    assert b["met"] is False and "still above 1 %" in b["reason"] and b["fp32_bytes"] == fp32
+    monkeypatch.setitem(budget.MAX_EXTRA_DROP, "ptq", -1000.0)  # any smaller file now loses too much
+    b = budget_info(100 * (len(blob) - 2000) / fp32)
+    assert b["met"] is False and "accuracy falls" in b["reason"] and "PTQ run" in b["reason"]
+
+    def broken(model, layers):
+        raise ValueError("simulated failure")
+
+    monkeypatch.setattr(budget, "per_tensor", broken)  # a bug in the budget step: the checked file still ships
+    blob2, _, _, b = make_artifact(ctx, fmt, 100.0, 1.0, {})
+    assert blob2 == blob and b["met"] is False
+    assert "size-budget step failed (ValueError: simulated failure)" in b["reason"]
+
+
+# ---------------------------------------------------------------------------------------------- int8 accuracy
+def test_int8_drop_failure_names_the_numbers_and_the_registry_default(ctx, tiny_exported, monkeypatch):
+    """An int8 file that loses more than --max-drop fails with both accuracies in the message; without
+    --max-drop the registry row's tolerance is the limit. (A Keras reference that is always right, and a
+    file that answers as told.)"""
+    from edgetl.core.runtime import TFLiteRunner
+    from edgetl.export.parity import parity
+
+    fmt = FORMATS["tflite-int8"]
+    blob = (tiny_exported / fmt.filename).read_bytes()
+    y = ctx.val_y
+    perfect = dataclasses.replace(ctx, keras_probs=np.eye(2, dtype=np.float32)[y])
+    monkeypatch.setattr(TFLiteRunner, "outputs", lambda self, x: np.eye(2, dtype=np.float32)[y])
+    res = parity(perfect, fmt, blob)
+    assert res["ok"] and res["max_drop"] == fmt.tolerance and res["drop_points"] == 0.0
+    monkeypatch.setattr(TFLiteRunner, "outputs", lambda self, x: np.eye(2, dtype=np.float32)[1 - y])
+    with pytest.raises(ArtifactCheckError) as e:
+        parity(perfect, fmt, blob, 0.0)
+    assert str(e.value).startswith(f"tflite-int8: accuracy 0.0% vs Keras 100.0% on {len(y)} validation images")
+    assert "drop 100.0 points > --max-drop 0;" in str(e.value)
+    with pytest.raises(ArtifactCheckError, match=f"--max-drop {fmt.tolerance:g};"):
+        parity(perfect, fmt, blob)
+
+
+# ---------------------------------------------------------------------------------------------- failures
+def test_first_failure_stops_the_export_and_is_recorded(ctx, tmp_path, monkeypatch):
+    """Without --keep-going the first failed format ends the export: its reason is in the manifest, its
+    stale file is gone, and the formats after it are not attempted."""
+    from edgetl.core.console import progress
+    from edgetl.core.rundir import Run
+    from edgetl.export import manifest as manifest_file
+    from edgetl.export.stage import _export_all
+
+    shutil.copytree(ctx.run.path, tmp_path / "run", ignore=shutil.ignore_patterns("*.tflite", "*.onnx",
+                                                                                   "manifest.json"))
+    run = Run(tmp_path / "run")
+    (run.path / "model-fp32.tflite").write_bytes(b"stale")
+    bad = dataclasses.replace(FORMATS["tflite-fp32"], tolerance=-1.0)
+    monkeypatch.setitem(FORMATS, bad.name, bad)
+    with pytest.raises(ArtifactCheckError, match=r"tflite-fp32: differs .*\(file not written\)"):
+        _export_all(dataclasses.replace(ctx, run=run), [bad, FORMATS["tflite-fp16"]],
+                    manifest_file.start(run), progress(None), None, 0, keep_going=False)
+    assert not list(run.path.glob("*.tflite"))
+    m = run.manifest["artifacts"]
+    assert list(m) == ["tflite-fp32"] and m["tflite-fp32"]["status"] == "failed"

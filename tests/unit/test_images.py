@@ -1,0 +1,169 @@
+"""Image decoding: every odd file decodes correctly or is skipped and named; the one preprocessing and
+input-quantization functions; seeded augmentation; the decoding pool keeps item order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgetl.core import images
+from edgetl.core.images import ImageDecodeError, load_image
+
+RED = (220, 30, 30)
+BLUE = (30, 30, 220)
+
+
+def _solid(size=(40, 30), colour=RED):
+    return Image.new("RGB", size, colour)
+
+
+def exif_rotated(path: Path) -> None:
+    """A 60x30 stored image (left half red, right half blue) tagged Orientation=6 (rotate 90 CW to view):
+    viewed correctly it is 30 wide x 60 tall, red on top."""
+    arr = np.zeros((30, 60, 3), np.uint8)
+    arr[:, :30] = RED
+    arr[:, 30:] = BLUE
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(arr).save(path, "JPEG", quality=95, exif=exif.tobytes())
+
+
+def make_odd_files(folder: Path) -> dict[str, str]:
+    """Every kind of odd file in one folder; returns name -> 'ok' | 'skip'."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "zero.jpg").write_bytes(b"")
+    full = folder / "full.tmp"
+    _solid((200, 200)).save(full, "JPEG", quality=95)
+    raw = full.read_bytes()
+    full.unlink()
+    (folder / "truncated.jpg").write_bytes(raw[: len(raw) // 2])
+    (folder / "notes.jpg").write_text("this is not an image\n")
+    _solid().convert("L").save(folder / "gray.png")
+    Image.new("RGBA", (40, 30), RED + (255,)).save(folder / "rgba.png")
+    _solid().convert("CMYK").save(folder / "cmyk.jpg", "JPEG", quality=95)
+    Image.fromarray(np.full((30, 40), 40000, dtype=np.uint16)).save(folder / "deep16.png")
+    _solid().save(folder / "anim.gif")
+    _solid().save(folder / "with space.jpg", quality=95)
+    exif_rotated(folder / "exif.jpg")
+    skip = {"zero.jpg", "truncated.jpg", "notes.jpg"}
+    return {p.name: "skip" if p.name in skip else "ok" for p in folder.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    d = tmp_path_factory.mktemp("odd")
+    return d, make_odd_files(d)
+
+
+def test_odd_files_decode_or_are_refused(odd):
+    d, kinds = odd
+    for name, want in kinds.items():
+        if want == "skip":
+            with pytest.raises(ImageDecodeError):
+                load_image(d / name, 32)
+        else:
+            arr = load_image(d / name, 32)
+            assert arr.shape == (32, 32, 3) and arr.dtype == np.uint8, name
+
+
+def test_missing_file_is_a_decode_error(tmp_path):
+    with pytest.raises(ImageDecodeError, match="cannot read"):
+        load_image(tmp_path / "gone.jpg", 8)
+
+
+def test_colour_conversions_are_correct(odd):
+    d, _ = odd
+    for name in ("rgba.png", "cmyk.jpg", "with space.jpg", "anim.gif"):
+        mean = load_image(d / name, 16).reshape(-1, 3).mean(0)
+        assert np.abs(mean - np.array(RED)).max() < 12, (name, mean)
+    grey = load_image(d / "gray.png", 16)
+    assert np.ptp(grey, axis=2).max() == 0  # grey replicated to 3 equal channels
+    deep = load_image(d / "deep16.png", 16)
+    assert abs(int(deep[0, 0, 0]) - round(40000 / 65535 * 255)) <= 1  # 16-bit scaled, not clipped to 255
+
+
+def test_rgba_transparency_composited_on_white(tmp_path):
+    Image.new("RGBA", (10, 10), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    assert load_image(tmp_path / "clear.png", 8).min() == 255
+
+
+def test_exif_orientation_applied(tmp_path):
+    exif_rotated(tmp_path / "exif.jpg")
+    arr = load_image(tmp_path / "exif.jpg", (60, 30))  # (h, w): portrait after rotation
+    top, bottom = arr[:20].reshape(-1, 3).mean(0), arr[-20:].reshape(-1, 3).mean(0)
+    # Orientation 6: stored left (red) becomes top after rotating 90 degrees clockwise
+    assert top[0] > 150 and top[2] < 100, top
+    assert bottom[2] > 150 and bottom[0] < 100, bottom
+
+
+def test_decode_all_skips_bad_files_and_keeps_item_order(odd):
+    d, kinds = odd
+    names = sorted(kinds)
+    items = [(str(d / n), i) for i, n in enumerate(names)]
+    ticks = []
+    pix, labels, paths, skipped = images.decode_all(items, 16, workers=3, progress=lambda: ticks.append(1))
+    good = [i for i, n in enumerate(names) if kinds[n] == "ok"]
+    assert len(ticks) == len(items)
+    assert labels.tolist() == good and labels.dtype == np.int64
+    assert paths == [items[i][0] for i in good]
+    assert pix.shape == (len(good), 16, 16, 3) and pix.dtype == np.uint8
+    np.testing.assert_array_equal(pix[0], load_image(paths[0], 16))
+    assert [Path(s["file"]).name for s in skipped] == [n for n in names if kinds[n] == "skip"]
+    assert all(s["reason"] for s in skipped)
+
+
+def test_decode_item_and_collect_are_the_pools_parts(odd):
+    """decode_item + collect give decode_all's answer (the pieces another decoding loop can reuse)."""
+    d, kinds = odd
+    items = [(str(d / n), 0) for n in sorted(kinds)]
+    one = images.collect(items, [images.decode_item(it, 12) for it in items], 12)
+    pool = images.decode_all(items, 12)
+    np.testing.assert_array_equal(one[0], pool[0])
+    assert (one[1].tolist(), one[2], one[3]) == (pool[1].tolist(), pool[2], pool[3])
+    assert images.decode_item((str(d / "zero.jpg"), 1), 12) == (None, {"file": str(d / "zero.jpg"),
+                                                                       "reason": "empty file (0 bytes)"})
+
+
+def test_collect_of_nothing_has_the_image_shape():
+    pix, labels, paths, skipped = images.collect([], [], 24)
+    assert pix.shape == (0, 24, 24, 3) and pix.dtype == np.uint8 and len(labels) == 0
+    assert paths == [] and skipped == []
+
+
+def test_preprocess_is_mobilenet_v2s():
+    spec = images.preprocessing_spec(32)
+    assert spec["size"] == [32, 32] and spec["name"] == "mobilenet_v2"
+    px = np.array([0, 1, 127, 128, 255], np.uint8)
+    x = images.preprocess(px, spec)
+    assert x.dtype == np.float32
+    np.testing.assert_allclose(x, px / 127.5 - 1.0, atol=1e-6)
+
+
+def test_quantize_rounds_like_tflite():
+    """Float32 division, ties away from zero, zero point added after rounding, saturation.
+    MobileNetV2 pixels sit exactly on ties at scale 1/127.5."""
+    x = np.array([0.125, -0.125, 0.375, -0.375, 0.625, 100.0, -100.0], np.float32)  # ties at ±0.5, ±1.5, 2.5
+    assert images.quantize(x, 0.25, 0, np.int8).tolist() == [1, -1, 2, -2, 3, 127, -128]
+    assert images.quantize(x, 0.25, -1, np.int8).tolist() == [0, -2, 1, -3, 2, 127, -128]  # round, then add
+    assert images.quantize(x, 0.25, 128, np.uint8).tolist() == [129, 127, 130, 126, 131, 255, 0]
+    # every uint8 pixel -> [-1, 1] -> int8 at the scale the converter picks for that range
+    px = np.arange(256, dtype=np.uint8)
+    q = images.quantize(images.preprocess(px, images.MOBILENET_V2_PREPROCESSING), 1 / 127.5, -1, np.int8)
+    q = q.astype(int)
+    # pixel values sit on ties: rounding away from zero leaves one gap at 0 and merges two values at an end
+    assert q.min() == -128 and np.all(np.diff(q) >= 0) and np.diff(q).max() <= 2 and len(np.unique(q)) >= 254
+
+
+def test_augmented_views_depend_only_on_seed_image_and_view():
+    px = np.random.default_rng(0).integers(0, 256, (4, 20, 20, 3), dtype=np.uint8)
+    a = images.augment_views(px, 1, seed=3)
+    np.testing.assert_array_equal(a, images.augment_views(px, 1, seed=3))
+    np.testing.assert_array_equal(a[2:], images.augment_views(px[2:], 1, seed=3, start=2))  # chunking-proof
+    assert not np.array_equal(a, images.augment_views(px, 2, seed=3))
+    assert not np.array_equal(a, images.augment_views(px, 1, seed=4))
+    assert a.shape == px.shape and a.dtype == np.uint8
+    assert images.view_pixels(px, 0, seed=3) is px
+    assert images.feature_views(2) == [("train", 0), ("val", 0), ("train", 1), ("train", 2)]

@@ -1,0 +1,104 @@
+"""Run directories: atomic file and folder writes (a failure leaves nothing half-written and never damages
+an existing run), and a run read back from disk is validated with one-line errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from edgetl.core import rundir
+from edgetl.core.errors import EdgetlError
+
+
+def test_write_json_is_atomic_and_knows_numpy(tmp_path):
+    p = tmp_path / "m.json"
+    rundir.write_json(p, {"a": np.float32(0.5), "b": np.arange(3), "p": tmp_path})
+    assert json.loads(p.read_text()) == {"a": 0.5, "b": [0, 1, 2], "p": str(tmp_path)}
+    with pytest.raises(TypeError, match="not JSON serialisable: object"):
+        rundir.write_json(p, {"a": object()})
+    assert json.loads(p.read_text())["a"] == 0.5  # the old file survives a failed write
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["m.json"]  # no temp file left
+
+
+def test_write_bytes_replaces_and_hashes(tmp_path):
+    p = tmp_path / "model.tflite"
+    rundir.write_bytes(p, b"old")
+    rundir.write_bytes(p, b"new bytes")
+    assert p.read_bytes() == b"new bytes" and [f.name for f in tmp_path.iterdir()] == ["model.tflite"]
+    assert rundir.sha256_file(p, chunk=4) == hashlib.sha256(b"new bytes").hexdigest()
+
+
+def test_atomic_dir_moves_a_complete_folder_into_place(tmp_path):
+    out = tmp_path / "runs" / "a"
+    with rundir.atomic_dir(out) as tmp:
+        (tmp / "f").write_text("1")
+        assert not out.exists()
+    assert (out / "f").read_text() == "1"
+    with pytest.raises(EdgetlError, match="already exists; pass --overwrite"):
+        with rundir.atomic_dir(out):
+            pass
+    with rundir.atomic_dir(out, overwrite=True) as tmp:
+        (tmp / "g").write_text("2")
+    assert [f.name for f in out.iterdir()] == ["g"]
+    assert [f.name for f in out.parent.iterdir()] == ["a"]  # no hidden partial or old folders
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("disk full"), KeyboardInterrupt()])
+def test_atomic_dir_failure_keeps_the_old_run(tmp_path, exc):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.keras").write_text("old")
+    with pytest.raises(type(exc)):
+        with rundir.atomic_dir(out, overwrite=True) as tmp:
+            (tmp / "model.keras").write_text("new")
+            raise exc
+    assert [f.name for f in tmp_path.iterdir()] == ["run"] and (out / "model.keras").read_text() == "old"
+
+
+def test_atomic_dir_refuses_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(EdgetlError, match="exists and is not a folder"):
+        with rundir.atomic_dir(tmp_path / "f", overwrite=True):
+            pass
+
+
+def _run(tmp_path, meta) -> rundir.Run:
+    (tmp_path / "edgetl.json").write_text(meta if isinstance(meta, str) else json.dumps(meta))
+    return rundir.Run(tmp_path)
+
+
+def test_run_reads_its_metadata(tmp_path):
+    spec = {"scale": 1 / 127.5, "offset": -1.0, "size": [32, 32]}
+    run = _run(tmp_path, {"classes": ["a", "b"], "image_size": 32, "preprocessing": spec,
+                          "split": {"val": [["x.jpg", "1"]]}})
+    assert run.classes == ["a", "b"] and run.image_size == 32 and run.preprocessing == spec
+    assert run.split_items("val") == [("x.jpg", 1)] and run.split_items("train") == []
+    assert run.manifest == {"artifacts": {}}
+    with pytest.raises(EdgetlError, match="no trained model .model.keras.; re-run `edgetl train`"):
+        run.require_model()
+
+
+@pytest.mark.parametrize("meta,needle", [
+    (None, "no such folder"),
+    ("", "not an edgetl run (no edgetl.json)"),
+    ("{not json", "edgetl.json is corrupt"),
+    ({"classes": ["a"], "image_size": 32}, "lacks 'preprocessing'"),
+])
+def test_bad_runs_are_one_line_errors(tmp_path, meta, needle):
+    path = tmp_path / "run"
+    if meta is not None:
+        path.mkdir()
+        if meta != "":
+            (path / "edgetl.json").write_text(meta if isinstance(meta, str) else json.dumps(meta))
+    with pytest.raises(EdgetlError) as e:
+        rundir.Run(path)
+    assert needle in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_versions_name_installed_packages_only():
+    v = rundir.versions("numpy", "no-such-package-xyz")
+    assert v["numpy"] == np.__version__ and v["edgetl"] == rundir.edgetl_version()
+    assert "no-such-package-xyz" not in v and v["python"].count(".") == 2
