@@ -5,11 +5,14 @@ imported here; train, export and compare import it lazily, bench and predict nev
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
 import os
+import signal
 import sys
+import threading
 import typing
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from rich.console import Console
 
 from .bench.config import BenchConfig
 from .compare.config import CompareConfig
-from .core.errors import EdgetlError
+from .core.errors import EdgetlError, Terminated
 from .export.config import ExportConfig
 from .predict import PredictConfig
 from .train.config import TrainConfig
@@ -48,13 +51,15 @@ def command(config_cls):
         @functools.wraps(fn)
         def run(**kwargs):
             try:
-                return fn(config_cls(**kwargs))
+                with sigterm_as_interrupt():
+                    return fn(config_cls(**kwargs))
             except EdgetlError as e:
                 err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
                 raise typer.Exit(e.exit_code) from None
-            except KeyboardInterrupt:
-                err.print("[bold red]interrupted[/]: nothing was left half-written")
-                raise typer.Exit(130) from None
+            except KeyboardInterrupt as e:
+                term = isinstance(e, Terminated)
+                err.print(f"[bold red]{'terminated' if term else 'interrupted'}[/]: nothing was left half-written")
+                raise typer.Exit(128 + (signal.SIGTERM if term else signal.SIGINT)) from None
 
         run.__signature__ = inspect.Signature(params)
         return app.command(name=fn.__name__)(run)
@@ -78,7 +83,7 @@ def export(cfg: ExportConfig) -> None:
     from .export.stage import export_run
 
     export_run(cfg.run, formats=cfg.format, int8=cfg.int8, calib=cfg.calib, max_drop=cfg.max_drop,
-               keep_going=cfg.keep_going, size_budget=cfg.size_budget, seed=cfg.seed)
+               keep_going=cfg.keep_going, size_budget=cfg.size_budget, seed=cfg.seed, verbose=cfg.verbose)
 
 
 @command(BenchConfig)
@@ -89,7 +94,8 @@ def bench(cfg: BenchConfig) -> None:
     con = Console()
     res = run_bench([Path(p) for p in cfg.target], data_dir=cfg.data, device=cfg.device, threads=cfg.threads,
                     json_path=cfg.json_out, out=cfg.out, compare=cfg.compare, min_time=cfg.min_time,
-                    min_runs=cfg.min_runs, formats=cfg.formats, emulate=cfg.emulate, console=con)
+                    min_runs=cfg.min_runs, formats=cfg.formats, emulate=cfg.emulate, console=con,
+                    verify=not cfg.no_verify, verbose=cfg.verbose)
     model = next((r["file"] for r in res["rows"] if r["status"] == "ok" and r["format"] != "keras"), None)
     if model:
         con.print(f"next: edgetl predict {model} IMAGE_OR_DIR", highlight=False, soft_wrap=True)
@@ -101,7 +107,7 @@ def predict(cfg: PredictConfig) -> None:
     from .predict import predict as run_predict
 
     doc = run_predict(cfg.model, cfg.images, top_k=cfg.top_k, as_json=cfg.json, threads=cfg.threads,
-                      console=Console())
+                      console=Console(), verify=not cfg.no_verify, verbose=cfg.verbose)
     if cfg.json and doc["skipped"]:
         err.print(f"{len(doc['skipped'])} unreadable image(s) skipped (listed under \"skipped\")", highlight=False)
 
@@ -113,6 +119,28 @@ def compare(cfg: CompareConfig) -> None:
     from .compare.stage import compare as run_compare
 
     run_compare(cfg, Console(stderr=True), prepared=validate(cfg))
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While a command runs, SIGTERM raises Terminated (a KeyboardInterrupt): the clean-up that Ctrl-C gets
+    (partial folders and temp files removed, the manifest consistent) runs for `kill` too. Later SIGTERMs
+    are ignored so that the clean-up finishes. Only the main thread can take signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = []
+
+    def handler(signum, frame):
+        if not fired:
+            fired.append(signum)
+            raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _fast_exit_after_tensorflow() -> None:

@@ -15,6 +15,7 @@ import numpy as np
 
 from .core import data, images, runtime
 from .core.config import REQUIRED, opt
+from .core.console import native_logs_aside
 from .core.errors import EdgetlError
 
 
@@ -25,38 +26,44 @@ class PredictConfig:
     top_k: int = opt(3, "How many labels to show per image", "--top-k", "-k")
     json: bool = opt(False, "Print one JSON document to stdout", "--json")
     threads: int = opt(1, "CPU threads for the runtime")
+    no_verify: bool = opt(False, "Use the file even if its sha256 differs from its manifest or its embedded "
+                                 "seal (damaged or changed since export)", "--no-verify")
+    verbose: bool = opt(False, "Show the runtime's native log lines on stderr", "--verbose")
 
 
 def predict(model_path: Path, inputs: list[Path], top_k: int = 3, as_json: bool = False, threads: int = 1,
-            console=None) -> dict:
+            console=None, verify: bool = True, verbose: bool = False) -> dict:
     from rich.console import Console
 
+    console = console or Console()
     if top_k < 1:
         raise EdgetlError(f"--top-k {top_k}: must be >= 1")
     threads = runtime.check_threads(threads)
     if not inputs:
         raise EdgetlError("give at least one image file or folder after MODEL")
-    files = data.iter_image_files(inputs)  # raises on a missing path, before loading the model
-    model = runtime.load(model_path, threads=threads, allow_keras=False)
-    k = min(top_k, len(model.classes))
-    results, skipped = [], []
-    for f in files:
-        try:
-            px = images.load_image(f, model.image_size)
-        except images.ImageDecodeError as e:
-            skipped.append({"file": str(f), "reason": str(e)})
-            continue
-        probs = model.predict_pixels(px[None])[0]
-        order = np.argsort(-probs, kind="stable")[:k]
-        results.append({"path": str(f), "top": [{"label": model.classes[i], "probability": float(probs[i])}
-                                                for i in order]})
+    skipped: list[dict] = []
+    files = data.iter_image_files(inputs, skipped)  # raises on a missing path, before loading the model
+    with native_logs_aside(console, verbose):  # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate"
+        model = runtime.load(model_path, threads=threads, allow_keras=False, verify=verify)
+        k = min(top_k, len(model.classes))
+        results = []
+        for f in files:
+            try:
+                px = images.load_image(f, model.image_size)
+            except images.ImageDecodeError as e:
+                skipped.append({"file": str(f), "reason": str(e)})
+                continue
+            probs = model.predict_pixels(px[None])[0]
+            order = np.argsort(-probs, kind="stable")[:k]
+            results.append({"path": str(f), "top": [{"label": model.classes[i], "probability": float(probs[i])}
+                                                    for i in order]})
     doc = {"model": str(model_path), "format": model.format.name, "classes": model.classes,
            "image_size": model.image_size, "top_k": k, "images": len(results), "skipped": skipped,
            "predictions": results}
     if as_json:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
-        _print(doc, console or Console())
+        _print(doc, console)
     if not results:
         raise EdgetlError(f"no readable images among {len(files)} file(s) given" if files else
                           "no image files found in the given folder(s)")

@@ -26,12 +26,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from pathlib import Path
 
 from ..core.errors import EdgetlError
+from ..core.rundir import temp_dir
 from . import debian
 from .armenv import (CPUS, LAYOUT, STAMP, cpuinfo_text, env_dir, problem, qemu_binary, root_of, smoke_test,
                      status, wheel_pins)
@@ -145,7 +145,7 @@ def setup(path: Path | None = None, force: bool = False, log=print) -> Path:
         log(f"building the arm env at {path} ({why or 'forced'})")
         for stale in path.parent.glob(f".{path.name}.*-*"):  # left by an interrupted build
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        tmp = temp_dir(path.parent, f".{path.name}.tmp-")  # the mode mkdir gives: other users can run it
         try:
             stamp = _build(tmp, pins, log)
             _swap(tmp, path)

@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.console import native_logs_aside
 from ..core.errors import ArtifactCheckError, EdgetlError
 from ..core.formats import FORMATS
 from .devices import emulation_cpu, fp32_peak, host_info, host_slug, load_device, parse_threads
@@ -61,16 +62,25 @@ def check_options(data_dir, device, threads, compare, min_time, min_runs, format
 def bench(paths: list[Path], data_dir: Path | None = None, device: str | None = None, threads: str | None = None,
           json_path: Path | None = None, out: Path | None = None, compare: Path | None = None,
           min_time: float = 2.0, min_runs: int = 50, formats: str | None = None, emulate: bool = False,
-          console=None) -> dict:
+          console=None, verify: bool = True, verbose: bool = False) -> dict:
+    """The whole `edgetl bench`; verify: each file's sha256 is checked before it is measured (a file that
+    fails gets an error row); verbose: the runtimes' native log lines stay on stderr."""
     from rich.console import Console
 
     console = console or Console()
     opts = check_options(data_dir, device, threads, compare, min_time, min_runs, formats, emulate)
-    targets = collect_targets([Path(p) for p in paths], opts.formats)
-    if not targets:
-        raise EdgetlError(f"no artifacts match --format {formats}")
-    for t in targets:
-        describe(t)
+    with native_logs_aside(console, verbose):
+        targets = collect_targets([Path(p) for p in paths], opts.formats)
+        if not targets:
+            raise EdgetlError(f"no artifacts match --format {formats}")
+        for t in targets:
+            describe(t, verify)
+        return _measure(targets, paths, data_dir, opts, json_path, out, compare, min_time, min_runs, console)
+
+
+def _measure(targets, paths, data_dir, opts: Settings, json_path, out, compare, min_time, min_runs,
+             console) -> dict:
+    """Rows for every target, the table, the files; exit status from the rows (check_rows)."""
     assign_labels(targets)
     keras_macs(targets)
     host, profile = host_info(), opts.profile

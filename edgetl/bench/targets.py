@@ -76,12 +76,13 @@ def assign_labels(targets: list[Target]) -> None:
         t.label = t.fmt if t.fmt and len(same) == 1 else f"{t.path.parent.name}/{t.fmt or t.path.name}"
 
 
-def describe(t: Target) -> None:
-    """Read the artifact's metadata in the parent (cheap): classes, size and eval source. Errors -> status."""
+def describe(t: Target, verify: bool = True) -> None:
+    """Read the artifact's metadata in the parent (cheap): classes, size and eval source; with `verify`, its
+    sha256 is checked first (the workers then load it unchecked). Errors -> status."""
     if t.status:
         return
     try:
-        fmt, meta = runtime.identify(t.path)
+        fmt, meta = runtime.identify(t.path, verify)
     except EdgetlError as e:
         t.status = f"error: {e}"
         return

@@ -12,6 +12,7 @@ import numpy as np
 from ..core import data as datamod
 from ..core.config import opt
 from ..core.errors import EdgetlError
+from ..core.outdir import COMPARE_FILE
 from ..model.recipe import Recipe, check_backbone, check_recipe
 
 
@@ -160,7 +161,7 @@ def validate(cfg: CompareConfig) -> Prepared:
         raise EdgetlError(f"--target {cfg.target}: must be an accuracy in (0, 1]")
     if not (0.0 < cfg.scratch_lr < 1.0):
         raise EdgetlError(f"--scratch-lr {cfg.scratch_lr}: must be between 0 and 1")
-    check_recipe(cfg)
+    check_recipe(cfg, COMPARE_FILE)
     alpha, size = check_backbone(cfg.alpha, cfg.image_size, cfg.weights)
     split = datamod.scan(cfg.data, cfg.val_split, cfg.seed)
     counts = [sum(1 for _, y in split.train if y == c) for c in range(len(split.classes))]

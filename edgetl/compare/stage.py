@@ -34,6 +34,7 @@ from ..core import rundir
 from ..core.console import native_logs_aside, progress
 from ..core.errors import EdgetlError
 from ..core.images import decode_all, preprocessing_spec
+from ..core.outdir import COMPARE_FILE, atomic_dir
 from ..model import backbone
 from ..model.bn import assign_bn_stats, calibrate_random_bn, estimate_bn_stats
 from ..model.fit import fine_tune, fit_head, freeze_base, pixel_batches, set_fine_tune_layers
@@ -91,7 +92,7 @@ def compare(cfg: CompareConfig, console=None, prepared: Prepared | None = None) 
     from rich.console import Console
 
     console = console or Console(stderr=True)
-    with native_logs_aside(console):  # TensorFlow's C++ start-up chatter kept off the terminal
+    with native_logs_aside(console, cfg.verbose):  # TensorFlow's C++ start-up chatter kept off the terminal
         return _compare(cfg, console, prepared)
 
 
@@ -126,11 +127,11 @@ def _compare(cfg: CompareConfig, console, prepared: Prepared | None) -> dict:
         s.record("from-scratch", f, idx, rc)
     report, arms = _report(s, subsets, t_start)
     out = Path(cfg.out)
-    with rundir.atomic_dir(out, overwrite=cfg.overwrite) as tmp:
+    with atomic_dir(out, overwrite=cfg.overwrite, marker=COMPARE_FILE) as tmp:
         (tmp / "compare.csv").write_text(results_csv(s.results))
         plot_learning_curve(s.results, arms, tmp / "learning-curve.png", report["target_accuracy"], len(s.classes),
                             title=f"{Path(cfg.data).name}: MobileNetV2 alpha {p.alpha:g}, {p.image_size} px")
-        rundir.write_json(tmp / "compare.json", report)
+        rundir.write_json(tmp / COMPARE_FILE, report)
     print_report(console, report, out)
     return report
 

@@ -4,17 +4,27 @@ TFLite: a named entry in the flatbuffer's `metadata` table (the schema's own ext
 TFLite Support uses too), read and written with the schema bindings that ship with ai-edge-litert.
 ONNX: `metadata_props` of the ModelProto, read back through onnxruntime's model metadata.
 No TensorFlow import here: this runs on a Pi with the light install.
+
+Integrity: the metadata carries the file's own sha256 (SEAL_KEY). Export embeds a 64-character
+placeholder, hashes the finished file, and writes the digest over the placeholder (same length: the
+flatbuffer or protobuf stays valid). `verify` blanks it again and re-hashes: no TFLite/ONNX parsing, the
+same for both formats. A file beside a manifest.json that lists it is checked against the manifest instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 from . import flatbuffer
 from .errors import EdgetlError, first_line
+from .rundir import MANIFEST_FILE, sha256_file
 
 META_KEY = "edgetl"
+SEAL_KEY = "content_sha256"
+SEAL_PLACEHOLDER = "0" * 64
+_SEAL_PREFIX = f'"{SEAL_KEY}": "'.encode()  # as json.dumps writes it inside the embedded metadata
 
 
 def embed_tflite(model: bytes, meta: dict) -> bytes:
@@ -105,3 +115,68 @@ def read_meta(path: str | Path) -> dict:
     if not meta:
         raise EdgetlError(f"{p}: has no edgetl metadata (labels, preprocessing); export it with `edgetl export`")
     return meta
+
+
+# ---- integrity -------------------------------------------------------------------------------------------
+def _seal_at(buf: bytes) -> int | None:
+    """Offset of the 64 hex digits of the file's one embedded seal, or None when it has none."""
+    i = buf.find(_SEAL_PREFIX)
+    if i < 0 or buf.find(_SEAL_PREFIX, i + 1) >= 0:
+        return None
+    i += len(_SEAL_PREFIX)
+    digest = buf[i:i + 64]
+    if len(digest) != 64 or buf[i + 64:i + 65] != b'"' or digest.strip(b"0123456789abcdef"):
+        return None
+    return i
+
+
+def _unsealed_sha256(buf: bytes, at: int) -> str:
+    """sha256 of the file with its seal blanked back to the placeholder (no copy of the buffer)."""
+    h = hashlib.sha256()
+    view = memoryview(buf)
+    h.update(view[:at])
+    h.update(SEAL_PLACEHOLDER.encode())
+    h.update(view[at + 64:])
+    return h.hexdigest()
+
+
+def seal(buf: bytes) -> bytes:
+    """Write the file's sha256 over the placeholder its metadata holds (SEAL_KEY: SEAL_PLACEHOLDER)."""
+    at = _seal_at(buf)
+    if at is None or buf[at:at + 64] != SEAL_PLACEHOLDER.encode():
+        raise ValueError("no seal placeholder in the embedded metadata")
+    return buf[:at] + _unsealed_sha256(buf, at).encode() + buf[at + 64:]
+
+
+def verify(path: str | Path) -> str:
+    """Check an artifact file before it is used: against manifest.json beside it when that lists the file
+    (size and sha256), else against the sha256 sealed inside it at export. Returns how it was checked
+    ("manifest", "embedded" or "unverified": no manifest entry and no seal); raises EdgetlError naming
+    the file when it differs."""
+    p = Path(path)
+    name, entry = _manifest_entry(p)
+    redo = "re-export it with `edgetl export`"
+    if entry is not None:
+        if p.stat().st_size != entry.get("bytes", p.stat().st_size) or sha256_file(p) != entry.get("sha256"):
+            raise EdgetlError(f"{p}: differs from the sha256 in {p.parent / MANIFEST_FILE} (damaged or changed "
+                              f"since export); re-export it with `edgetl export {p.parent} --format {name}` "
+                              "(or pass --no-verify)")
+        return "manifest"
+    buf = p.read_bytes()
+    at = _seal_at(buf)
+    if at is None:
+        return "unverified"
+    if _unsealed_sha256(buf, at) != buf[at:at + 64].decode():
+        raise EdgetlError(f"{p}: its content differs from the sha256 sealed in it at export (damaged or "
+                          f"changed); {redo} (or pass --no-verify)")
+    return "embedded"
+
+
+def _manifest_entry(p: Path) -> tuple[str | None, dict | None]:
+    """(format, ok entry) of manifest.json (beside the file) that names this file; (None, None) if none."""
+    try:
+        arts = json.loads((p.parent / MANIFEST_FILE).read_text())["artifacts"].items()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None, None
+    return next(((n, a) for n, a in arts if isinstance(a, dict) and a.get("file") == p.name
+                 and a.get("status") == "ok"), (None, None))

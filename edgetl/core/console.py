@@ -17,10 +17,11 @@ def progress(console, transient: bool = False):
 
 
 @contextlib.contextmanager
-def native_logs_aside(console):
-    """TensorFlow's C++ start-up chatter (absl / oneDNN / CUDA lines) is written to file descriptor 2
-    where no Python setting filters it. While the stage runs, fd 2 goes to a temp file and the rich
-    console writes to a duplicate of the real stderr; on an unexpected failure the log's tail is shown."""
+def native_logs_aside(console, verbose: bool = False):
+    """TensorFlow's C++ start-up chatter (absl / oneDNN / CUDA lines: "Could not find cuda drivers",
+    "failed call to cuInit") is written to file descriptor 2 where no Python setting filters it. While the
+    stage runs, fd 2 goes to a temp file and a rich console that writes to stderr writes to a duplicate
+    of the real stderr; on an unexpected failure the log's tail is shown. verbose: nothing is set aside."""
     import os
     import sys
     import tempfile
@@ -31,7 +32,9 @@ def native_logs_aside(console):
     except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured in tests): nothing to do
         yield
         return
-    if getattr(console, "_file", None) not in (None, sys.stderr):
+    target = getattr(console, "_file", None)  # None: the console's default stream (stderr=True or stdout)
+    to_stderr = target is sys.stderr or (target is None and getattr(console, "stderr", False))
+    if verbose or (target is not None and not to_stderr):  # a console writing to a file of its own
         yield
         return
     sys.stderr.flush()
@@ -39,7 +42,8 @@ def native_logs_aside(console):
     real = os.fdopen(os.dup(fd), "w", buffering=1)
     log = tempfile.TemporaryFile(mode="w+b")
     os.dup2(log.fileno(), fd)
-    console.file = real
+    if to_stderr:
+        console.file = real
     failed = False
     try:
         yield
@@ -52,7 +56,8 @@ def native_logs_aside(console):
         sys.stderr.flush()
         os.dup2(saved, fd)
         os.close(saved)
-        console.file = None
+        if to_stderr:
+            console.file = None
         real.close()
         if failed:
             log.seek(0)

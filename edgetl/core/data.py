@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from .errors import EdgetlError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TRAIN_NAMES = ("train", "training")
 VAL_NAMES = ("val", "validation", "valid")
+BROKEN_LINK = "broken symlink (its target is missing)"
 
 
 @dataclass
@@ -24,15 +26,72 @@ class Split:
     ignored: list[dict] = field(default_factory=list)  # files skipped by name (not image suffixes)
 
 
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted([d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")], key=lambda d: d.name)
+def _entries(folder: Path, what: str) -> list[os.DirEntry]:
+    """A folder's entries by name; an unreadable folder is one line naming it."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        raise EdgetlError(f"{what} {folder}: {_cannot_read(e)}") from None
+
+
+def _cannot_read(e: OSError) -> str:
+    return f"cannot read it ({e.strerror or type(e).__name__})"
+
+
+def _class_dirs(folder: Path, ignored: list[dict] | None = None, what: str = "DATA") -> list[Path]:
+    """Class folders (symlinked ones followed); broken symlinks are named in `ignored`."""
+    out = []
+    for e in _entries(folder, what):
+        if e.name.startswith("."):
+            continue
+        if e.is_dir():
+            out.append(folder / e.name)
+        elif e.is_symlink() and not os.path.exists(e.path) and ignored is not None:
+            ignored.append({"file": e.path, "reason": BROKEN_LINK})
+    return out
+
+
+def walk_files(root: Path, ignored: list[dict], hidden: bool = False) -> list[Path]:
+    """Every file under `root`, sorted by path. Symlinked files and folders are followed (each real folder
+    once, so a link loop ends); hidden names are left out unless `hidden`; broken symlinks, unreadable
+    sub-folders and special files (FIFOs, sockets) are named in `ignored`. An unreadable `root` is an error."""
+    out: list[Path] = []
+    seen: set[str] = set()
+
+    def visit(folder: Path, top: bool) -> None:
+        real = os.path.realpath(folder)
+        if real in seen:
+            return
+        seen.add(real)
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            if top:
+                raise EdgetlError(f"class folder {folder}: {_cannot_read(e)}") from None
+            ignored.append({"file": str(folder), "reason": f"folder: {_cannot_read(e)}"})
+            return
+        for e in entries:
+            if e.name.startswith(".") and not hidden:
+                continue
+            p = folder / e.name
+            if e.is_dir():
+                visit(p, False)
+            elif e.is_file():
+                out.append(p)
+            elif e.is_symlink() and not os.path.exists(e.path):
+                ignored.append({"file": str(p), "reason": BROKEN_LINK})
+            else:
+                ignored.append({"file": str(p), "reason": "not a regular file"})
+
+    visit(root, True)
+    return sorted(out)
 
 
 def _files(class_dir: Path, ignored: list[dict]) -> list[Path]:
     out = []
-    for p in sorted(class_dir.rglob("*")):
-        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(class_dir).parts):
-            continue
+    for p in walk_files(class_dir, ignored):
         if p.suffix.lower() in IMAGE_SUFFIXES:
             out.append(p)
         else:
@@ -66,14 +125,15 @@ def scan(data: str | Path, val_split: float = 0.2, seed: int = 0) -> Split:
 def _given_split(root: Path, parts: dict[str, Path]) -> Split:
     """The split as the folders give it: parts = {"train": dir, "val": dir}, each with the same class
     folders, each class folder holding at least one image."""
-    found = {part: [d.name for d in _class_dirs(d)] for part, d in parts.items()}
+    ignored: list[dict] = []
+    found = {part: [d.name for d in _class_dirs(d, ignored)] for part, d in parts.items()}
     classes = found["train"]
     for part, names in found.items():
         if names != classes:
             raise EdgetlError(f"DATA {root}: class folders differ between {parts['train'].name}/ {classes} "
                               f"and {parts[part].name}/ {names}")
     _check_classes(root, classes)
-    split = Split(classes, layout="split")
+    split = Split(classes, layout="split", ignored=ignored)
     for i, c in enumerate(classes):
         files = {part: _files(d / c, split.ignored) for part, d in parts.items()}
         for part, fs in files.items():
@@ -87,9 +147,10 @@ def _given_split(root: Path, parts: dict[str, Path]) -> Split:
 def _random_split(root: Path, val_split: float, seed: int) -> Split:
     """A folder of class folders split per class (stratified), seeded: round(n * val_split) images of
     each class (at least 1, at most n - 1) go to val."""
-    classes = [d.name for d in _class_dirs(root)]
+    ignored: list[dict] = []
+    classes = [d.name for d in _class_dirs(root, ignored)]
     _check_classes(root, classes)
-    split = Split(classes, layout="flat")
+    split = Split(classes, layout="flat", ignored=ignored)
     rng = random.Random(seed)
     for i, c in enumerate(classes):
         files = _files(root / c, split.ignored)
@@ -117,7 +178,8 @@ def labelled_folder(folder: str | Path, classes: list[str] | None = None) -> tup
     root = Path(folder)
     if not root.is_dir():
         raise EdgetlError(f"--data {root}: no such folder")
-    found = [d.name for d in _class_dirs(root)]
+    ignored: list[dict] = []
+    found = [d.name for d in _class_dirs(root, ignored, "--data")]
     if classes is not None:
         if sorted(found) != sorted(classes):
             raise EdgetlError(
@@ -125,19 +187,24 @@ def labelled_folder(folder: str | Path, classes: list[str] | None = None) -> tup
         order = list(classes)
     else:
         order = found
-    ignored: list[dict] = []
     items = [(str(p), order.index(c)) for c in order for p in _files(root / c, ignored)]
     return order, items, ignored
 
 
-def iter_image_files(inputs) -> list[Path]:
-    """Files named on the command line; folders are walked recursively for image suffixes."""
+def iter_image_files(inputs, skipped: list[dict] | None = None) -> list[Path]:
+    """Files named on the command line; folders are walked recursively (symlinks followed) for image
+    suffixes. What a walk cannot use (a broken symlink, an unreadable sub-folder, a FIFO named like an
+    image) is appended to `skipped` with the reason."""
     out: list[Path] = []
     for inp in inputs:
         p = Path(inp)
         if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.exists():
+            ignored: list[dict] = []
+            out += [q for q in walk_files(p, ignored, hidden=True) if q.suffix.lower() in IMAGE_SUFFIXES]
+            if skipped is not None:
+                skipped += [i for i in ignored if i["reason"].startswith("folder")
+                            or Path(i["file"]).suffix.lower() in IMAGE_SUFFIXES]
+        elif p.exists() or p.is_symlink():
             out.append(p)
         else:
             raise EdgetlError(f"{p}: no such file or folder")

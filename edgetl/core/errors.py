@@ -13,6 +13,10 @@ class ArtifactCheckError(EdgetlError):
     exit_code = 3
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that the same clean-up runs."""
+
+
 def first_line(e: BaseException, limit: int = 160) -> str:
     """The first line of an exception's message (its type name when the message is empty), at most
     `limit` characters: runtimes and parsers raise with long, multi-line texts."""

@@ -50,7 +50,8 @@ def load_image(path: str | Path, size: int | tuple[int, int]) -> np.ndarray:
     """Decode any common image to uint8 RGB (size, size, 3), EXIF orientation applied.
 
     Grayscale, palette, RGBA (composited on white), CMYK and 16-bit images are converted; anything
-    Pillow cannot decode fully (zero bytes, truncated, text named .jpg) raises ImageDecodeError.
+    Pillow cannot decode fully (zero bytes, truncated, text named .jpg, a header claiming more pixels
+    than Pillow's decompression-bomb limit) raises ImageDecodeError.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -70,6 +71,8 @@ def load_image(path: str | Path, size: int | tuple[int, int]) -> np.ndarray:
             arr = np.asarray(im, dtype=np.uint8)
     except UnidentifiedImageError:
         raise ImageDecodeError("not a readable image (unknown format or not an image file)") from None
+    except Image.DecompressionBombError as e:  # a header claiming more pixels than Pillow will decode
+        raise ImageDecodeError(f"too large to decode ({str(e).split(',')[0]})") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageDecodeError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}") from None
     if arr.ndim != 3 or arr.shape[2] != 3:

@@ -16,8 +16,8 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from .errors import EdgetlError
@@ -26,6 +26,7 @@ META_FILE = "edgetl.json"
 MANIFEST_FILE = "manifest.json"
 LABELS_FILE = "labels.txt"
 MODEL_FILE = "model.keras"
+PAUSE_ENV = "EDGETL_PAUSE_AT"
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -36,33 +37,68 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def write_json(path: str | Path, obj) -> None:
-    """Atomic JSON write (temp file in the same folder, then rename)."""
+def umask() -> int:
+    """This process's umask, read without changing it (/proc on Linux; elsewhere set and restored at once)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_dir(parent: str | Path, prefix: str) -> Path:
+    """tempfile.mkdtemp in `parent`, with the mode mkdir would give (mkdtemp makes it 0700)."""
+    d = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    os.chmod(d, 0o777 & ~umask())
+    return d
+
+
+def _write_atomic(path: str | Path, write, mode: str) -> None:
+    """Write through `write(f)` into a temp file in the same folder, then rename it over `path`; the file
+    gets the mode open() would give it (mkstemp makes it 0600)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, default=json_default)
-            f.write("\n")
+        os.fchmod(fd, 0o666 & ~umask())
+        with os.fdopen(fd, mode) as f:
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Atomic JSON write (temp file in the same folder, then rename)."""
+    def dump(f):
+        json.dump(obj, f, indent=2, sort_keys=False, default=json_default)
+        f.write("\n")
+
+    _write_atomic(path, dump, "w")
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
     """Atomic binary write: a reader never sees a half-written artifact."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    _write_atomic(path, lambda f: f.write(data), "wb")
+
+
+def pause_point(name: str) -> None:
+    """Fault injection for the reliability tests: with EDGETL_PAUSE_AT naming this point (comma-separated
+    names) and EDGETL_PAUSE_DIR a folder, create DIR/<name>.reached and wait (up to 10 min) for
+    DIR/<name>.go, so that a test can kill the process exactly here. A no-op otherwise."""
+    if name not in os.environ.get(PAUSE_ENV, "").split(","):
+        return
+    folder = Path(os.environ.get("EDGETL_PAUSE_DIR", "."))
+    (folder / f"{name}.reached").write_text(str(os.getpid()))
+    deadline = time.monotonic() + 600
+    while not (folder / f"{name}.go").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def json_default(o):
@@ -79,34 +115,6 @@ def json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-@contextlib.contextmanager
-def atomic_dir(out: str | Path, overwrite: bool = False):
-    """Build a directory in a hidden sibling and move it into place only when the block succeeds.
-
-    A failure or Ctrl-C leaves no half-written run and never damages an existing one: the old
-    directory is replaced only after the new one is complete.
-    """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise EdgetlError(f"--out {out} already exists; pass --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise EdgetlError(f"--out {out} exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    try:
-        yield tmp
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-            os.replace(out, old / "d")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def versions(*modules: str) -> dict:
@@ -142,9 +150,25 @@ class Run:
             self.meta = json.loads(meta_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise EdgetlError(f"RUN {self.path}: {META_FILE} is corrupt ({e.msg if hasattr(e, 'msg') else e})") from None
+        if not isinstance(self.meta, dict):
+            raise EdgetlError(f"RUN {self.path}: {META_FILE} is corrupt (not a JSON object); re-run `edgetl train`")
         for k in ("classes", "image_size", "preprocessing"):
             if k not in self.meta:
                 raise EdgetlError(f"RUN {self.path}: {META_FILE} lacks {k!r}; re-run `edgetl train`")
+        self._check_types()
+
+    def _check_types(self) -> None:
+        """The fields every stage relies on have the types edgetl writes (an edited file fails here, in one line)."""
+        m, bad = self.meta, None
+        size = m["image_size"]
+        if not (isinstance(m["classes"], list) and m["classes"] and all(isinstance(c, str) for c in m["classes"])):
+            bad = "'classes' is not a list of class names"
+        elif isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096:
+            bad = f"'image_size' is {size!r}, not a size in pixels"
+        elif not isinstance(m["preprocessing"], dict):
+            bad = "'preprocessing' is not an object"
+        if bad:
+            raise EdgetlError(f"RUN {self.path}: {META_FILE} {bad}; re-run `edgetl train`")
 
     @property
     def classes(self) -> list[str]:
@@ -177,7 +201,13 @@ class Run:
         p = self.path / MANIFEST_FILE
         if not p.exists():
             return {"artifacts": {}}
-        return json.loads(p.read_text())
+        try:
+            m = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            m = None
+        if not isinstance(m, dict) or not isinstance(m.get("artifacts"), dict):
+            raise EdgetlError(f"RUN {self.path}: {MANIFEST_FILE} is corrupt; re-run `edgetl export {self.path}`")
+        return m
 
     def write_meta(self) -> None:
         write_json(self.path / META_FILE, self.meta)

@@ -265,14 +265,19 @@ def keras_meta(run_path: Path) -> dict:
                                                       "image_size": run.image_size}}
 
 
-def identify(path: str | Path) -> tuple[Format, dict]:
-    """(registry format, embedded metadata) of an artifact file; clear error for anything else."""
+def identify(path: str | Path, verify: bool = False) -> tuple[Format, dict]:
+    """(registry format, embedded metadata) of an artifact file; clear error for anything else. verify:
+    the file's integrity is checked first (check_integrity)."""
     p = Path(path)
     if p.suffix == ".keras" or p.name == FORMATS["keras"].filename:
         if not p.is_file():
             raise EdgetlError(f"{p}: no such model file")
         return FORMATS["keras"], keras_meta(p.parent)
+    checked = check_integrity(p) if verify else None
     meta = artifact.read_meta(p)
+    if checked == "unverified" and artifact.SEAL_KEY in meta:  # damage in the seal's own key
+        raise EdgetlError(f"{p}: its sealed sha256 cannot be found (damaged); re-export it with `edgetl export` "
+                          "(or pass --no-verify)")
     for k in ("classes", "preprocessing"):
         if k not in meta:
             raise EdgetlError(f"{p}: its edgetl metadata lacks {k!r}; re-export it with `edgetl export`")
@@ -288,11 +293,19 @@ def identify(path: str | Path) -> tuple[Format, dict]:
     return fmt, meta
 
 
-def load(path: str | Path, threads: int = 1, allow_keras: bool = True) -> Runner:
-    """Load an artifact file (TFLite/ONNX, by its bytes) or a run's model.keras (needs TensorFlow)."""
+def check_integrity(path: str | Path) -> str:
+    """artifact.verify, with the file's own errors (missing, empty) in the words read_meta uses."""
+    p = Path(path)
+    artifact.sniff(p)
+    return artifact.verify(p)
+
+
+def load(path: str | Path, threads: int = 1, allow_keras: bool = True, verify: bool = True) -> Runner:
+    """Load an artifact file (TFLite/ONNX, by its bytes) or a run's model.keras (needs TensorFlow).
+    verify: check the file's sha256 first (check_integrity)."""
     threads = check_threads(threads)
     p = Path(path)
-    fmt, meta = identify(p)
+    fmt, meta = identify(p, verify)
     if fmt.runtime == "tensorflow":
         if not allow_keras:
             raise EdgetlError(f"{p}: a Keras model; give an exported .tflite or .onnx file "

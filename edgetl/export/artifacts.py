@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.artifact import embed_onnx, embed_tflite, read_onnx_meta_from_session, read_tflite_meta
+from ..core.artifact import (SEAL_KEY, SEAL_PLACEHOLDER, embed_onnx, embed_tflite, read_onnx_meta_from_session,
+                              read_tflite_meta, seal)
 from ..core.errors import ArtifactCheckError
 from ..core.flatbuffer import compact_tflite
 from ..core.formats import Format
@@ -43,8 +44,10 @@ def artifact_meta(ctx: ExportContext, fmt: Format, io: dict, weights_quant: dict
 
 
 def embed(ctx: ExportContext, fmt: Format, raw: bytes, weights_quant: dict | None = None) -> tuple[bytes, dict]:
-    """Embed edgetl metadata and read it back through the deployment runtime's own loader."""
+    """Embed edgetl metadata, read it back through the deployment runtime's own loader, then seal the file's
+    sha256 into it (core.artifact.seal: predict and bench check it before use)."""
     meta = artifact_meta(ctx, fmt, fmt.runner_class()(raw, fmt).io(), weights_quant)
+    meta[SEAL_KEY] = SEAL_PLACEHOLDER
     if fmt.suffix == ".tflite":
         out = embed_tflite(raw, meta)
         back = read_tflite_meta(out)
@@ -59,7 +62,7 @@ def embed(ctx: ExportContext, fmt: Format, raw: bytes, weights_quant: dict | Non
         back = read_onnx_meta_from_session(ort.InferenceSession(out, providers=["CPUExecutionProvider"]))
     if back != meta:
         raise ArtifactCheckError(f"{fmt.name}: embedded metadata did not read back intact")
-    return out, meta
+    return seal(out), meta
 
 
 def compact(fmt: Format, raw: bytes) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ class ExportConfig:
     size_budget: float = opt(30.0, "int8 files above this % of their fp32 file give per-tensor weight scales to "
                                    "the layers that lose least by it, if accuracy holds (0 = off: converter's "
                                    "per-channel file)")
+    verbose: bool = opt(False, "Show TensorFlow's native log lines on stderr", "--verbose")
     seed: int | None = opt(None, "Calibration sample seed (default: the run's)", cli=False)
 
 
@@ -36,6 +38,8 @@ def check_run(run_path: str | Path) -> Run:
     model_path = run.require_model()
     if model_path.stat().st_size == 0 or not zipfile.is_zipfile(model_path):
         raise EdgetlError(f"RUN {run.path}: {model_path.name} is corrupt (not a Keras archive); re-run `edgetl train`")
+    if not os.access(run.path, os.W_OK | os.X_OK):
+        raise EdgetlError(f"RUN {run.path}: cannot write in it (permission denied); export a copy of the run")
     return run
 
 

@@ -11,7 +11,7 @@ from ..core.console import progress as progress_bar
 from ..core.data import seeded_subset
 from ..core.errors import EdgetlError
 from ..core.images import decode_all, preprocess
-from ..core.rundir import Run
+from ..core.rundir import META_FILE, Run
 from ..model.graph import count_macs
 from ..model.load import load_run_model, strip_quantization
 from ..model.predict import predict
@@ -62,6 +62,22 @@ def load_model(run: Run):
                           "re-run `edgetl train`") from None
 
 
+def check_model(run: Run, model) -> None:
+    """edgetl.json must describe the model it sits beside: its class count is the output width, its
+    image size the input's (an edited or mismatched file is one line, before any conversion)."""
+    ins, outs = tuple(model.input_shape), tuple(model.output_shape)
+    where = f"RUN {run.path}: {META_FILE}"
+    if outs[-1] != len(run.classes):
+        raise EdgetlError(f"{where} lists {len(run.classes)} classes but {run.model_path.name} outputs {outs[-1]} "
+                          "probabilities; restore the run's edgetl.json or re-run `edgetl train`")
+    size = run.image_size
+    spec_size = list(run.preprocessing.get("size") or [size, size])
+    if tuple(ins[1:3]) != (size, size) or spec_size != [size, size]:
+        raise EdgetlError(f"{where} gives image_size {size} (preprocessing size {spec_size}) but "
+                          f"{run.model_path.name} takes {ins[1]}x{ins[2]} images; restore the run's edgetl.json "
+                          "or re-run `edgetl train`")
+
+
 def build_context(run: Run, calib_items: list, val_items: list, calib_n: int, seed: int | None = None,
                   progress=None) -> ExportContext:
     """Load the run's model, decode its validation images and take the Keras reference predictions (of the
@@ -70,6 +86,7 @@ def build_context(run: Run, calib_items: list, val_items: list, calib_n: int, se
     size, spec = run.image_size, run.preprocessing
     t = bar.add_task("load model", total=1)
     model = load_model(run)
+    check_model(run, model)
     bar.advance(t)
     t = bar.add_task("validation images", total=len(val_items))
     pix, y, _, skipped = decode_all(val_items, size, progress=lambda: bar.advance(t))

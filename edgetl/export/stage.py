@@ -2,22 +2,23 @@
 
 Flow: validate everything (run, model file, formats, calibration/validation images) before any work ->
 load the Keras model and the run's validation images -> per format: convert to bytes in memory, compact,
-embed edgetl metadata and read it back, run the parity check through the deployment runtime -> only
-then write the file atomically -> manifest.json + result table. A file that fails its check is never
-written (and a stale file of that format is removed).
+embed edgetl metadata (with the file's sealed sha256) and read it back, run the parity check through the
+deployment runtime -> only then write the file atomically, its manifest entry with it (export.manifest:
+the manifest always matches the disk) -> result table. A file that fails its check is never written (and
+a stale file of that format is removed).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
+from pathlib import Path
 
 from ..core import cpu
-from ..core.console import progress
+from ..core.console import native_logs_aside, progress
 from ..core.errors import ArtifactCheckError, EdgetlError, describe
 from ..core.formats import FORMATS, FP32_OF, Format
-from ..core.rundir import MANIFEST_FILE, sha256_file, write_bytes
+from ..core.rundir import MANIFEST_FILE, META_FILE
 from . import manifest as manifest_file
 from .artifacts import compact_checked, embed
 from .budget import fit_size_budget
@@ -29,21 +30,29 @@ from .parity import parity
 
 def export_run(run_path, formats: str | None = None, int8: bool = False, calib: int = ExportConfig.calib,
                max_drop: float | None = None, keep_going: bool = False, seed: int | None = None,
-               console=None, size_budget: float = ExportConfig.size_budget) -> dict:
+               console=None, size_budget: float = ExportConfig.size_budget, verbose: bool = False) -> dict:
     """Export, check and write the chosen formats; returns the manifest. max_drop None: each int8 row's
     registry tolerance. Raises on the first failure (ArtifactCheckError, exit 3) unless keep_going, in
-    which case it raises after all formats finished."""
+    which case it raises after all formats finished. verbose: TensorFlow's native log lines stay on stderr."""
     from rich.console import Console
 
     console = console or Console()
     run, fmts, calib_items, val_items = check_inputs(run_path, formats, int8, calib, max_drop, size_budget)
+    missing_val = [p for p, _ in run.split_items("val") if not os.path.isfile(p)]
     t_start = time.perf_counter()
-    with progress(console) as bar:
-        ctx = build_context(run, calib_items, val_items, calib, seed, bar)
-        manifest = manifest_file.start(run)
-        results, failures = _export_all(ctx, fmts, manifest, bar, max_drop, size_budget, keep_going)
-    manifest_file.save(run, manifest, results, skipped_val=ctx.skipped_val, checked_on=cpu.features(),
-                       seconds=round(time.perf_counter() - t_start, 1))
+    with native_logs_aside(console, verbose):
+        with progress(console) as bar:
+            ctx = build_context(run, calib_items, val_items, calib, seed, bar)
+            for note in manifest_file.begin(run):
+                console.print(f"[yellow]note[/]: {note}", highlight=False, soft_wrap=True)
+            if missing_val:
+                console.print(f"[yellow]note[/]: {len(missing_val)} of {len(missing_val) + len(val_items)} validation "
+                              f"images in {META_FILE} are missing on disk ({_names(missing_val)}); the parity "
+                              f"checks ran on the other {len(val_items)} (all listed in {MANIFEST_FILE} under "
+                              "missing_val)", highlight=False, soft_wrap=True)
+            results, failures = _export_all(ctx, fmts, bar, max_drop, size_budget, keep_going)
+    manifest = manifest_file.finish(run, skipped_val=ctx.skipped_val, missing_val=missing_val,
+                                    checked_on=cpu.features(), seconds=round(time.perf_counter() - t_start, 1))
     _print_table(console, ctx, results)
     if failures:
         for f in failures:
@@ -54,37 +63,34 @@ def export_run(run_path, formats: str | None = None, int8: bool = False, calib: 
     return manifest
 
 
-def _export_all(ctx: ExportContext, fmts: list[Format], manifest: dict, bar, max_drop, size_budget,
+def _names(paths: list[str], limit: int = 3) -> str:
+    return ", ".join(Path(p).name for p in paths[:limit]) + (", ..." if len(paths) > limit else "")
+
+
+def _export_all(ctx: ExportContext, fmts: list[Format], bar, max_drop, size_budget,
                 keep_going: bool) -> tuple[dict, list[str]]:
-    """Each format in turn: a checked file written (its manifest entry), or a failure with its reason and
-    no file. Without keep_going the first failure is recorded in the manifest and raised."""
+    """Each format in turn: a checked file written with its manifest entry, or a failure with its reason
+    and no file. Without keep_going the first failure is recorded in the manifest and raised."""
     results: dict[str, dict] = {}
     failures: list[str] = []
     task = bar.add_task("export", total=len(fmts))
     for fmt in fmts:
         bar.update(task, description=f"export {fmt.name}")
         t0 = time.perf_counter()
-        path = ctx.run.path / fmt.filename
         try:
             blob, meta, par, budget = make_artifact(
                 ctx, fmt, max_drop, size_budget, results,
                 on_budget=lambda: bar.update(task, description=f"export {fmt.name} (size budget)"))
         except Exception as e:  # a check failure, or a converter crash: one line, never a traceback
             reason, shown = _failure(fmt, e)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)  # a stale file of this format must not pass for a checked one
-            results[fmt.name] = {"file": fmt.filename, "status": "failed", "reason": reason}
+            results[fmt.name] = manifest_file.put_failure(ctx.run, fmt.name, reason)
             failures.append(reason)
             if not keep_going:
-                manifest_file.save(ctx.run, manifest, results)
                 raise ArtifactCheckError(shown) from None
         else:
-            write_bytes(path, blob)
-            results[fmt.name] = {"file": fmt.filename, "bytes": len(blob), "sha256": sha256_file(path),
-                                 "status": "ok", "parity": par, "seconds": round(time.perf_counter() - t0, 2),
-                                 "input_dtype": meta["input"]["dtype"]}
-            if budget is not None:
-                results[fmt.name]["size_budget"] = budget
+            entry = {"status": "ok", "parity": par, "seconds": round(time.perf_counter() - t0, 2),
+                     "input_dtype": meta["input"]["dtype"], **({"size_budget": budget} if budget is not None else {})}
+            results[fmt.name] = manifest_file.put_file(ctx.run, fmt.name, blob, entry)
         bar.advance(task)
     return results, failures
 

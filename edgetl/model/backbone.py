@@ -85,6 +85,6 @@ def build_base(alpha: float, image_size: int, weights_path: str | None):
         return keras.applications.MobileNetV2(
             input_shape=(image_size, image_size, 3), alpha=alpha, include_top=False,
             weights=weights_path, pooling="avg")
-    except ValueError as e:
+    except (ValueError, OSError, KeyError) as e:  # wrong architecture, or an unreadable HDF5 file
         raise EdgetlError(f"--weights {weights_path}: cannot load into MobileNetV2 alpha {alpha} "
                           f"({str(e).splitlines()[0][:160]})") from None

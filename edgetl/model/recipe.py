@@ -4,11 +4,14 @@ and their checks, made before any work and without TensorFlow."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.config import as_dict, opt
 from ..core.errors import EdgetlError
+from ..core.outdir import check_out
+from ..core.rundir import META_FILE
 from .backbone import check_backbone_options
 from .graph import HEADS
 
@@ -18,6 +21,8 @@ DEFAULT_SIZE = 224
 # and size; --fine-tune LAYERS counts from the top of base.layers (as in Keras' transfer-learning guide).
 BASE_LAYERS = 154
 FT_LR_FACTOR = 0.05  # default fine-tuning lr: 20x lower than the head's
+MAX_SEED = 2**32 - 1  # numpy's and Python's seeding accept any such integer, TensorFlow's too
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 @dataclass
@@ -44,7 +49,8 @@ class Recipe:
     fine_tune_lr: float | None = opt(None, "Fine-tuning learning rate (default: --lr / 20)")
     val_split: float = opt(0.2, "Validation fraction for a flat DATA folder")
     seed: int = opt(0, "Random seed (same seed + data -> same result)")
-    overwrite: bool = opt(False, "Replace an existing --out run", "--overwrite")
+    overwrite: bool = opt(False, "Replace an existing --out folder that edgetl wrote (or an empty one)", "--overwrite")
+    verbose: bool = opt(False, "Show TensorFlow's native log lines on stderr", "--verbose")
     workers: int = opt(2, "Image decoding threads", cli=False)
 
     def as_dict(self) -> dict:
@@ -55,8 +61,9 @@ class Recipe:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(Recipe)}
 
 
-def check_recipe(r: Recipe) -> None:
-    """Every shared option; one EdgetlError naming the flag and the accepted values."""
+def check_recipe(r: Recipe, marker: str = META_FILE) -> None:
+    """Every shared option; one EdgetlError naming the flag and the accepted values. `marker`: the file
+    that makes an existing --out folder replaceable with --overwrite (edgetl.json, or compare.json)."""
     if r.data is None or str(r.data) == "":
         raise EdgetlError("DATA: missing; give an image folder (DATA/<class>/*.jpg or DATA/{train,val}/<class>/)")
     if r.head not in HEADS:
@@ -75,11 +82,9 @@ def check_recipe(r: Recipe) -> None:
         raise EdgetlError(f"--dropout {r.dropout}: must be in [0, 1)")
     if not 0.0 < r.val_split < 1.0:
         raise EdgetlError(f"--val-split {r.val_split}: must be between 0 and 1 (exclusive)")
-    out = Path(r.out)
-    if out.exists() and not r.overwrite:
-        raise EdgetlError(f"--out {out} already exists; pass --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise EdgetlError(f"--out {out} exists and is not a folder")
+    if isinstance(r.seed, bool) or int(r.seed) != r.seed or not 0 <= r.seed <= MAX_SEED:
+        raise EdgetlError(f"--seed {r.seed}: must be an integer from 0 to {MAX_SEED}")
+    check_out(r.out, r.overwrite, marker, {"DATA": r.data, "--from": getattr(r, "from_run", None)})
 
 
 def check_int(flag: str, v, lo: int) -> None:
@@ -92,6 +97,27 @@ def check_backbone(alpha, size, weights: str) -> tuple[float, int]:
     alpha = DEFAULT_ALPHA if alpha is None else float(alpha)
     size = DEFAULT_SIZE if size is None else int(size)
     check_backbone_options(alpha, size, weights)
-    if weights not in ("imagenet", "random") and not Path(weights).expanduser().is_file():
-        raise EdgetlError(f"--weights {weights}: no such file (give 'imagenet', 'random' or a path to a .h5)")
+    if weights not in ("imagenet", "random"):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise EdgetlError(f"--weights {weights}: no such file (give 'imagenet', 'random' or a path to a .h5)")
+        if not is_hdf5(path):
+            raise EdgetlError(f"--weights {weights}: not an HDF5 weights file (.h5), e.g. Keras' "
+                              "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_*_no_top.h5")
     return alpha, size
+
+
+def is_hdf5(path: Path) -> bool:
+    """The HDF5 signature at one of the offsets the format allows (0, 512, 1024, 2048, ...)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            offset = 0
+            while offset + len(HDF5_SIGNATURE) <= size:
+                f.seek(offset)
+                if f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+                    return True
+                offset = 512 if offset == 0 else offset * 2
+    except OSError:
+        return False
+    return False

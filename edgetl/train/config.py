@@ -79,8 +79,6 @@ def _check_from(cfg: TrainConfig) -> tuple[dict, float, int]:
     except EdgetlError as e:  # name the flag: "--from X: not an edgetl run ..."
         msg = str(e)
         raise EdgetlError("--from " + msg[4:] if msg.startswith("RUN ") else f"--from: {msg}") from None
-    if Path(cfg.out).resolve() == frun.path.resolve():
-        raise EdgetlError(f"--out {cfg.out}: must differ from --from {frun.path} (the source run is never modified)")
     meta = frun.meta
     if meta.get("qat"):
         raise EdgetlError(f"--from {frun.path}: a QAT run cannot be trained further; use the run it was made from")

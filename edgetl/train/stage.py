@@ -24,6 +24,7 @@ import numpy as np
 from ..core import images, rundir
 from ..core.console import native_logs_aside, progress
 from ..core.errors import EdgetlError
+from ..core.outdir import atomic_dir
 from ..core.images import feature_views, view_pixels
 from ..core.plots import PlotProcess
 from ..model import backbone, basecache
@@ -91,7 +92,7 @@ def train(cfg: TrainConfig, console=None, prepared: Prepared | None = None) -> T
     from rich.console import Console
 
     console = console or Console(stderr=True)
-    with native_logs_aside(console), contextlib.ExitStack() as cleanup:
+    with native_logs_aside(console, cfg.verbose), contextlib.ExitStack() as cleanup:
         return _train(cfg, console, prepared, cleanup)
 
 
@@ -339,10 +340,11 @@ def _write_run(s: _Session, meta: dict, plotter: PlotProcess) -> Path:
     """The run directory, atomically: model, labels, plots (drawn by the helper process), edgetl.json."""
     out = Path(s.cfg.out)
     classes = list(s.p.split.classes)
-    with rundir.atomic_dir(out, overwrite=s.cfg.overwrite) as tmp:
+    with atomic_dir(out, overwrite=s.cfg.overwrite) as tmp:
         plotter.submit({"dir": str(tmp), "history": s.history, "confusion_matrix": s.cm, "classes": classes,
                         "title": f"val accuracy {s.acc:.3f}"})
         s.model.save(tmp / rundir.MODEL_FILE, save_format="keras")
+        rundir.pause_point("train-model-saved")
         (tmp / rundir.LABELS_FILE).write_text("\n".join(classes) + "\n")
         plotter.wait()
         s.lap("save")

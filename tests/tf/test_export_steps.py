@@ -345,7 +345,6 @@ def test_first_failure_stops_the_export_and_is_recorded(ctx, tmp_path, monkeypat
     stale file is gone, and the formats after it are not attempted."""
     from edgetl.core.console import progress
     from edgetl.core.rundir import Run
-    from edgetl.export import manifest as manifest_file
     from edgetl.export.stage import _export_all
 
     shutil.copytree(ctx.run.path, tmp_path / "run", ignore=shutil.ignore_patterns("*.tflite", "*.onnx",
@@ -355,8 +354,8 @@ def test_first_failure_stops_the_export_and_is_recorded(ctx, tmp_path, monkeypat
     bad = dataclasses.replace(FORMATS["tflite-fp32"], tolerance=-1.0)
     monkeypatch.setitem(FORMATS, bad.name, bad)
     with pytest.raises(ArtifactCheckError, match=r"tflite-fp32: differs .*\(file not written\)"):
-        _export_all(dataclasses.replace(ctx, run=run), [bad, FORMATS["tflite-fp16"]],
-                    manifest_file.start(run), progress(None), None, 0, keep_going=False)
+        _export_all(dataclasses.replace(ctx, run=run), [bad, FORMATS["tflite-fp16"]], progress(None), None, 0,
+                    keep_going=False)
     assert not list(run.path.glob("*.tflite"))
     m = run.manifest["artifacts"]
     assert list(m) == ["tflite-fp32"] and m["tflite-fp32"]["status"] == "failed"

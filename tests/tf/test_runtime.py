@@ -124,8 +124,11 @@ def test_truncated_files_are_one_line_errors(tiny_exported, tmp_path, name):
     data = (tiny_exported / name).read_bytes()
     p.write_bytes(data[: len(data) // 3])
     with pytest.raises(EdgetlError) as e:
-        runtime.load(p)
+        runtime.load(p, verify=False)  # the runtime's own check
     assert str(e.value).startswith(f"{p}: corrupt or truncated") and "\n" not in str(e.value)
+    with pytest.raises(EdgetlError) as e:  # checked first: the sealed sha256, or the same parse error
+        runtime.load(p)
+    assert str(e.value).startswith((f"{p}: corrupt or truncated", f"{p}: its content differs from the sha256"))
 
 
 # ---- which onnxruntime session an int8 file gets ----------------------------------------------------------
@@ -158,6 +161,7 @@ def foreign_int8(tiny_exported, tmp_path_factory):
     assert n >= 50  # every conv of MobileNetV2
     meta = artifact.read_meta(tiny_exported / "model-int8.onnx")
     assert meta.pop("int8_weights") == "u8"
+    meta.pop(artifact.SEAL_KEY)  # other tools seal nothing (edgetl's seal would no longer match)
     artifact.embed_onnx(proto, meta)
     path = tmp_path_factory.mktemp("foreign") / "foreign-int8.onnx"
     path.write_bytes(proto.SerializeToString())

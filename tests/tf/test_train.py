@@ -95,7 +95,7 @@ def test_saved_model_is_flat_preprocessed_input_and_reproduces_metrics(tiny_run)
 
 def test_same_seed_same_result_and_overwrite_replaces_the_run(tiny_run, tmp_path):
     out = tmp_path / "again"
-    out.mkdir()
+    shutil.copytree(tiny_run, out)  # an earlier run: --overwrite replaces only a folder edgetl wrote
     (out / "stale.txt").write_text("old")
     with pytest.raises(EdgetlError, match="--overwrite"):
         factory.train_run(_data(tiny_run), out)
@@ -188,7 +188,7 @@ def test_from_run_option_errors(tiny_run, tmp_path):
     assert "'apples', 'pears'" in lines[0] and "'cats', 'dogs'" in lines[0]
     data = _data(tiny_run)
     for args, flag in ((["--image-size", "64"], "--image-size 64"), (["--alpha", "0.5"], "--alpha 0.5"),
-                       (["--out", str(tiny_run), "--overwrite"], "must differ from --from")):
+                       (["--out", str(tiny_run), "--overwrite"], "would delete your source run")):
         r = CliRunner().invoke(app, ["train", str(data), "--out", str(tmp_path / "r"), "--from", str(tiny_run), *args])
         assert r.exit_code == 2 and flag in r.output and len(r.output.strip().splitlines()) == 1, r.output
     qat_run = tmp_path / "qat-run"

@@ -1,5 +1,6 @@
 """The command line, built from the stage configs: every command has the flags it always had, bad input is
-one line naming the flag or file (exit 2; 3 for a failed check; 130 on Ctrl-C), all before TensorFlow."""
+one line naming the flag or file (exit 2; 3 for a failed check; 130 on Ctrl-C, 143 on SIGTERM), all before
+TensorFlow."""
 
 from __future__ import annotations
 
@@ -20,14 +21,14 @@ from edgetl.core.errors import ArtifactCheckError, EdgetlError
 
 runner = CliRunner()
 RECIPE = ["--alpha", "--image-size", "--weights", "--epochs", "--batch-size", "--lr", "--head", "--patience",
-          "--fine-tune", "--fine-tune-epochs", "--fine-tune-lr", "--val-split", "--seed", "--overwrite"]
+          "--fine-tune", "--fine-tune-epochs", "--fine-tune-lr", "--val-split", "--seed", "--overwrite", "--verbose"]
 FLAGS = {
     "train": ["--out", "-o", *RECIPE, "--dropout", "--augment", "--from", "--qat", "--qat-epochs", "--qat-lr",
               "--qat-loss", "--adapt-bn", "--base-cache", "--no-base-cache"],
-    "export": ["--int8", "--format", "-f", "--calib", "--max-drop", "--keep-going", "--size-budget"],
+    "export": ["--int8", "--format", "-f", "--calib", "--max-drop", "--keep-going", "--size-budget", "--verbose"],
     "bench": ["--data", "--device", "--threads", "--json", "--out", "--compare", "--min-time", "--min-runs",
-              "--format", "--emulate"],
-    "predict": ["--top-k", "-k", "--json", "--threads"],
+              "--format", "--emulate", "--no-verify", "--verbose"],
+    "predict": ["--top-k", "-k", "--json", "--threads", "--no-verify", "--verbose"],
     "compare": ["--out", "-o", "--fractions", "--budget", "--target", *RECIPE, "--scratch-lr"],
 }
 

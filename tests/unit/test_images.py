@@ -10,47 +10,8 @@ import pytest
 from PIL import Image
 
 from edgetl.core import images
+from factory import RED, exif_rotated, make_odd_files
 from edgetl.core.images import ImageDecodeError, load_image
-
-RED = (220, 30, 30)
-BLUE = (30, 30, 220)
-
-
-def _solid(size=(40, 30), colour=RED):
-    return Image.new("RGB", size, colour)
-
-
-def exif_rotated(path: Path) -> None:
-    """A 60x30 stored image (left half red, right half blue) tagged Orientation=6 (rotate 90 CW to view):
-    viewed correctly it is 30 wide x 60 tall, red on top."""
-    arr = np.zeros((30, 60, 3), np.uint8)
-    arr[:, :30] = RED
-    arr[:, 30:] = BLUE
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    Image.fromarray(arr).save(path, "JPEG", quality=95, exif=exif.tobytes())
-
-
-def make_odd_files(folder: Path) -> dict[str, str]:
-    """Every kind of odd file in one folder; returns name -> 'ok' | 'skip'."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "zero.jpg").write_bytes(b"")
-    full = folder / "full.tmp"
-    _solid((200, 200)).save(full, "JPEG", quality=95)
-    raw = full.read_bytes()
-    full.unlink()
-    (folder / "truncated.jpg").write_bytes(raw[: len(raw) // 2])
-    (folder / "notes.jpg").write_text("this is not an image\n")
-    _solid().convert("L").save(folder / "gray.png")
-    Image.new("RGBA", (40, 30), RED + (255,)).save(folder / "rgba.png")
-    _solid().convert("CMYK").save(folder / "cmyk.jpg", "JPEG", quality=95)
-    Image.fromarray(np.full((30, 40), 40000, dtype=np.uint16)).save(folder / "deep16.png")
-    _solid().save(folder / "anim.gif")
-    _solid().save(folder / "with space.jpg", quality=95)
-    exif_rotated(folder / "exif.jpg")
-    skip = {"zero.jpg", "truncated.jpg", "notes.jpg"}
-    return {p.name: "skip" if p.name in skip else "ok" for p in folder.iterdir()}
-
 
 @pytest.fixture(scope="module")
 def odd(tmp_path_factory) -> tuple[Path, dict[str, str]]:

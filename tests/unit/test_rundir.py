@@ -1,5 +1,5 @@
-"""Run directories: atomic file and folder writes (a failure leaves nothing half-written and never damages
-an existing run), and a run read back from disk is validated with one-line errors."""
+"""Run directories: atomic file writes (a failure leaves nothing half-written), files that follow the umask,
+and a run read back from disk is validated with one-line errors. Folders: tests/unit/test_outdir.py."""
 
 from __future__ import annotations
 
@@ -29,40 +29,6 @@ def test_write_bytes_replaces_and_hashes(tmp_path):
     rundir.write_bytes(p, b"new bytes")
     assert p.read_bytes() == b"new bytes" and [f.name for f in tmp_path.iterdir()] == ["model.tflite"]
     assert rundir.sha256_file(p, chunk=4) == hashlib.sha256(b"new bytes").hexdigest()
-
-
-def test_atomic_dir_moves_a_complete_folder_into_place(tmp_path):
-    out = tmp_path / "runs" / "a"
-    with rundir.atomic_dir(out) as tmp:
-        (tmp / "f").write_text("1")
-        assert not out.exists()
-    assert (out / "f").read_text() == "1"
-    with pytest.raises(EdgetlError, match="already exists; pass --overwrite"):
-        with rundir.atomic_dir(out):
-            pass
-    with rundir.atomic_dir(out, overwrite=True) as tmp:
-        (tmp / "g").write_text("2")
-    assert [f.name for f in out.iterdir()] == ["g"]
-    assert [f.name for f in out.parent.iterdir()] == ["a"]  # no hidden partial or old folders
-
-
-@pytest.mark.parametrize("exc", [RuntimeError("disk full"), KeyboardInterrupt()])
-def test_atomic_dir_failure_keeps_the_old_run(tmp_path, exc):
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / "model.keras").write_text("old")
-    with pytest.raises(type(exc)):
-        with rundir.atomic_dir(out, overwrite=True) as tmp:
-            (tmp / "model.keras").write_text("new")
-            raise exc
-    assert [f.name for f in tmp_path.iterdir()] == ["run"] and (out / "model.keras").read_text() == "old"
-
-
-def test_atomic_dir_refuses_a_file(tmp_path):
-    (tmp_path / "f").write_text("x")
-    with pytest.raises(EdgetlError, match="exists and is not a folder"):
-        with rundir.atomic_dir(tmp_path / "f", overwrite=True):
-            pass
 
 
 def _run(tmp_path, meta) -> rundir.Run:
