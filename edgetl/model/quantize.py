@@ -66,20 +66,16 @@ def _matched_classes() -> dict:
             self.weight_quantizer = DepthwisePerChannelQuantizer()
 
     class Registry(reg.Default8BitQuantizeRegistry):
-        def __init__(self, dense_per_channel: bool):
+        def __init__(self):
             super().__init__(disable_per_axis=False)
             self._layer_quantize_map[keras.layers.DepthwiseConv2D] = DepthwiseQuantizeConfig()
-            if dense_per_channel:  # a Dense kernel [in, out] has its channels last, as the conv quantizer expects
-                self._layer_quantize_map[keras.layers.Dense] = reg.Default8BitConvQuantizeConfig(
-                    ["kernel"], ["activation"], False)
+            # a Dense kernel [in, out] has its channels last, as the conv quantizer expects
+            self._layer_quantize_map[keras.layers.Dense] = reg.Default8BitConvQuantizeConfig(
+                ["kernel"], ["activation"], False)
 
     class Scheme(sch.Default8BitQuantizeScheme):
-        def __init__(self, dense_per_channel: bool = True):
-            super().__init__()
-            self.dense_per_channel = dense_per_channel
-
         def get_quantize_registry(self):
-            return Registry(self.dense_per_channel)
+            return Registry()
 
     DepthwisePerChannelQuantizer.__name__ = "EdgetlDepthwisePerChannelQuantizer"
     DepthwiseQuantizeConfig.__name__ = "EdgetlDepthwiseQuantizeConfig"
@@ -88,17 +84,17 @@ def _matched_classes() -> dict:
     return _MATCHED
 
 
-def quantize_matched(model, convertible: bool = False):
+def quantize_matched(model):
     """`model` (one flat functional graph) as a QAT graph quantized as the converter quantizes it (module
-    docstring). convertible=True keeps Dense weights per tensor: the converter cannot turn per-channel
-    Dense fake-quant into FULLY_CONNECTED itself (edgetl converts the QAT model's float weights instead)."""
+    docstring). The graph is for training only: the converter cannot turn its per-channel Dense fake-quant
+    into FULLY_CONNECTED, so int8 files are converted from its float weights (strip_quantization)."""
     _, _, mot = tfmot()
     if any(type(layer).__name__ in ("Functional", "Model", "Sequential") for layer in model.layers):
         raise EdgetlError("--qat: the model has a nested sub-model; QAT needs one flat functional graph")
     m, q = _matched_classes(), mot.quantization.keras
     try:
         with q.quantize_scope(m["custom_objects"]):
-            return q.quantize_apply(q.quantize_annotate_model(model), scheme=m["scheme"](not convertible))
+            return q.quantize_apply(q.quantize_annotate_model(model), scheme=m["scheme"]())
     except (ValueError, RuntimeError) as e:
         raise EdgetlError(f"--qat: tensorflow-model-optimization cannot quantize this model "
                           f"({str(e).splitlines()[0][:160]})") from None
