@@ -10,6 +10,9 @@ from pathlib import Path
 from .errors import EdgetlError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# int8 calibration: training images in the seeded sample that export (--calib) converts with, and that
+# `train --qat` converts with to score its int8 candidates on the very files export will write
+CALIBRATION_IMAGES = 200
 TRAIN_NAMES = ("train", "training")
 VAL_NAMES = ("val", "validation", "valid")
 BROKEN_LINK = "broken symlink (its target is missing)"

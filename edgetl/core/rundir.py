@@ -2,6 +2,8 @@
 
 RUN/
   model.keras      trained Keras model (input: preprocessed NHWC float32 in [-1, 1])
+  model-qat.keras  --qat runs: the QAT model (same architecture, QAT-trained top); int8 files come from it
+                   when edgetl.json's qat_info.int8_source is "qat"
   labels.txt       one class name per line, in output order
   edgetl.json      metadata: classes, image size, preprocessing, alpha, weights + sha256, seed,
                    config, split file lists, skipped files, history, metrics, timings, versions
@@ -27,6 +29,7 @@ MANIFEST_FILE = "manifest.json"
 LABELS_FILE = "labels.txt"
 MODEL_FILE = "model.keras"
 PAUSE_ENV = "EDGETL_PAUSE_AT"
+QAT_MODEL_FILE = "model-qat.keras"
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -190,6 +193,23 @@ class Run:
         if not self.model_path.exists():
             raise EdgetlError(f"RUN {self.path}: no trained model ({MODEL_FILE}); re-run `edgetl train`")
         return self.model_path
+
+    @property
+    def qat_graph(self) -> bool:
+        """A --qat run whose model.keras is tensorflow-model-optimization's fake-quant graph (edgetl.json
+        records no int8_source): its int8 files come from the graph's own ranges, its float files from the
+        graph with the fake-quant nodes stripped."""
+        return bool(self.meta.get("qat")) and "int8_source" not in (self.meta.get("qat_info") or {})
+
+    def int8_source(self) -> tuple[str, Path]:
+        """("qat" | "ptq", the Keras file int8 formats are converted from), as `edgetl train` recorded it:
+        model-qat.keras when its int8 file beat post-training int8 on val, else model.keras."""
+        info = self.meta.get("qat_info") or {}
+        if self.qat_graph:
+            return "qat", self.model_path
+        if self.meta.get("qat") and info.get("int8_source") == "qat":
+            return "qat", self.path / info.get("qat_model", QAT_MODEL_FILE)
+        return "ptq", self.model_path
 
     def split_items(self, which: str) -> list[tuple[str, int]]:
         """(path, label) items of the run's 'train' or 'val' split, as recorded at training time."""

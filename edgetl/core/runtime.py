@@ -115,16 +115,21 @@ class Runner:
 
 class TFLiteRunner(Runner):
     """A .tflite file on LiteRT's interpreter (ai_edge_litert), `threads` CPU threads. Integer input and
-    output tensors are (de)quantized with the interpreter's own parameters."""
+    output tensors are (de)quantized with the interpreter's own parameters. keep_tensors=True keeps every
+    intermediate tensor readable after a call (`outputs_and_tensor`), at the cost of memory."""
 
-    def __init__(self, model, fmt=None, meta=None, threads: int = 1):
+    def __init__(self, model, fmt=None, meta=None, threads: int = 1, keep_tensors: bool = False):
         super().__init__(model, fmt or FORMATS["tflite-fp32"], meta, threads)
+        import warnings
+
         from ai_edge_litert.interpreter import Interpreter
 
         t0 = time.perf_counter()
         try:
             src = {"model_path": str(model)} if isinstance(model, (str, Path)) else {"model_content": bytes(model)}
-            self.interp = Interpreter(**src, num_threads=threads)
+            with warnings.catch_warnings():  # LiteRT warns that keeping every tensor is meant for debugging
+                warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+                self.interp = Interpreter(**src, num_threads=threads, experimental_preserve_all_tensors=keep_tensors)
             self.interp.allocate_tensors()
         except Exception as e:  # the interpreter raises ValueError/RuntimeError with long texts
             raise EdgetlError(f"{self.name}: LiteRT cannot load it ({first_line(e)})") from None
@@ -140,6 +145,25 @@ class TFLiteRunner(Runner):
         self.interp.set_tensor(self.inp["index"], x)
         self.interp.invoke()
         return self.interp.get_tensor(self.out["index"]).copy()
+
+    def tensor(self, prefix: str) -> dict:
+        """The details of the last tensor whose name starts with `prefix` (the converter names a tensor
+        after the Keras layer that makes it, e.g. "model/layer/..."), for `tensor_values`."""
+        found = [t for t in self.interp.get_tensor_details() if t["name"].split(";")[0].startswith(prefix)]
+        if not found:
+            raise EdgetlError(f"{self.name}: no tensor named {prefix}*")
+        return found[-1]
+
+    def tensor_values(self, x: np.ndarray, tensor: dict) -> np.ndarray:
+        """What `tensor` (from `tensor()`) holds after each preprocessed input of x, dequantized to float32
+        (N, ...). Needs keep_tensors=True."""
+        scale, zp = tensor["quantization"]
+        values = []
+        for i in range(len(x)):
+            self.run(self.to_input(x[i:i + 1]))
+            v = self.interp.get_tensor(tensor["index"]).astype(np.float32)
+            values.append((v - zp) * np.float32(scale) if scale else v)
+        return np.concatenate(values) if values else np.zeros((0, *(int(s) for s in tensor["shape"][1:])), np.float32)
 
     def io(self) -> dict:
         """Names, shapes, dtypes and quantization of the input and output tensors (artifact metadata)."""

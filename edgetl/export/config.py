@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.config import REQUIRED, opt
+from ..core.data import CALIBRATION_IMAGES
 from ..core.errors import EdgetlError
 from ..core.formats import EXPORT_FORMATS, FORMATS, INT8_EXPORTS, parse_formats
 from ..core.rundir import Run
@@ -19,10 +20,11 @@ _INT8_TOLERANCES = ", ".join(sorted({f"{FORMATS[n].tolerance:g}" for n in INT8_E
 @dataclass
 class ExportConfig:
     run: str = opt(REQUIRED, "Run directory from `edgetl train`", argument=True)
-    int8: bool = opt(False, "Also export the int8 formats (calibrated, or QAT ranges)", "--int8")
+    int8: bool = opt(False, "Also export the int8 formats (calibrated; from the QAT model when `train --qat` "
+                            "chose it)", "--int8")
     format: str | None = opt(None, "Comma-separated formats (any subset): " + ", ".join(EXPORT_FORMATS),
                              "--format", "-f")
-    calib: int = opt(200, "int8 calibration: number of training images (seeded sample)")
+    calib: int = opt(CALIBRATION_IMAGES, "int8 calibration: number of training images (seeded sample)")
     max_drop: float | None = opt(None, "int8 fails if it loses more accuracy points than this "
                                        f"[default: {_INT8_TOLERANCES}, each int8 format's own]")
     keep_going: bool = opt(False, "A failed format gets a reason; the others finish", "--keep-going")
@@ -61,7 +63,7 @@ def check_inputs(run_path, fmt_spec: str | None, int8: bool, calib: int, max_dro
         raise EdgetlError(f"--max-drop {max_drop}: must be >= 0 accuracy points")
     run = check_run(run_path)
     calib_items = _existing(run.split_items("train"))
-    if any(f.needs_calibration for f in fmts) and not run.meta.get("qat") and not calib_items:
+    if any(f.needs_calibration for f in fmts) and not run.qat_graph and not calib_items:
         n = len(run.split_items("train"))
         raise EdgetlError(
             f"RUN {run.path}: int8 export needs training images for calibration, but "

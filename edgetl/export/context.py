@@ -1,5 +1,6 @@
-"""What an export works from: the run's checked inputs, its Keras model(s), the validation images and the
-Keras reference predictions, and a cache of converter outputs shared by the formats of one export."""
+"""What an export works from: the run's checked inputs, its Keras models (the float model, and the model
+int8 files come from), the validation images and the Keras reference predictions, and a cache of
+converter outputs shared by the formats of one export."""
 
 from __future__ import annotations
 
@@ -11,30 +12,32 @@ from ..core.console import progress as progress_bar
 from ..core.data import seeded_subset
 from ..core.errors import EdgetlError
 from ..core.images import decode_all, preprocess
-from ..core.rundir import META_FILE, Run
+from ..core.rundir import META_FILE, MODEL_FILE, Run
 from ..model.graph import count_macs
-from ..model.load import load_run_model, strip_quantization
+from ..model.load import load_int8_model, load_run_model, strip_quantization
 from ..model.predict import predict
 
 
 @dataclass
 class ExportContext:
     run: Run
-    model: object  # the run's model (a QAT model for QAT runs: int8 formats use its learned ranges)
-    float_model: object  # float graph (for QAT runs: the QAT weights with fake-quant stripped)
-    float_probs: np.ndarray
+    model: object  # the model int8 formats are converted from (Run.int8_source)
+    float_model: object  # the float model float formats are converted from
+    float_probs: np.ndarray  # the float model's val probabilities: float files are checked against them
     size: int
     spec: dict
     classes: list
     val_x: np.ndarray  # preprocessed float32
     val_y: np.ndarray
-    keras_probs: np.ndarray
+    keras_probs: np.ndarray  # the val probabilities int8 files are checked against
     macs: int
-    qat: bool
+    qat: bool  # the int8 files come from quantization-aware training
     calib_items: list
     calib_n: int
     seed: int
     skipped_val: list = field(default_factory=list)  # validation files that could not be decoded
+    qat_graph: bool = False  # model.keras is a fake-quant graph (Run.qat_graph): int8 from its ranges
+    int8_file: str = MODEL_FILE  # the Keras file `model` was loaded from
     _calib_x: np.ndarray | None = None
     cache: dict = field(default_factory=dict)
 
@@ -49,17 +52,25 @@ class ExportContext:
             self._calib_x = preprocess(pix, self.spec)
         return self._calib_x
 
+    def from_qat(self, precision: str) -> bool:
+        """Whether a file of this precision comes from quantization-aware training."""
+        return self.qat_graph or (self.qat and precision == "int8")
 
-def load_model(run: Run):
-    """The run's Keras model (QAT models open inside quantize_scope); any failure is one line."""
+
+def _loaded(run: Run, load, name: str = MODEL_FILE):
+    """load(run), any failure as one line naming the file."""
     try:
-        return load_run_model(run)
+        return load(run)
     except EdgetlError:
         raise
     except Exception as e:
-        raise EdgetlError(f"RUN {run.path}: cannot load {run.model_path.name} "
-                          f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
-                          "re-run `edgetl train`") from None
+        raise EdgetlError(f"RUN {run.path}: cannot load {name} ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:120] if str(e) else ''}); re-run `edgetl train`") from None
+
+
+def load_model(run: Run):
+    """The run's Keras model (a fake-quant graph opens inside quantize_scope); any failure is one line."""
+    return _loaded(run, load_run_model)
 
 
 def check_model(run: Run, model) -> None:
@@ -79,14 +90,21 @@ def check_model(run: Run, model) -> None:
 
 
 def build_context(run: Run, calib_items: list, val_items: list, calib_n: int, seed: int | None = None,
-                  progress=None) -> ExportContext:
-    """Load the run's model, decode its validation images and take the Keras reference predictions (of the
-    float graph too, for a QAT run). `progress`: a core.console progress bar that gets one task per step."""
+                  progress=None, int8: bool = True) -> ExportContext:
+    """Load the run's model(s), decode its validation images and take the Keras reference predictions.
+    Float formats come from model.keras; int8 formats (int8=True) from the model Run.int8_source names,
+    checked against the float model. A run whose model.keras is a fake-quant graph exports its float files
+    from the graph's float twin. `progress`: a core.console progress bar that gets one task per step."""
     bar = progress if progress is not None else progress_bar(None)
     size, spec = run.image_size, run.preprocessing
+    source, int8_path = run.int8_source()
     t = bar.add_task("load model", total=1)
     model = load_model(run)
     check_model(run, model)
+    float_model = strip_quantization(model) if run.qat_graph else model
+    int8_model = model
+    if int8 and int8_path != run.model_path:
+        int8_model = _loaded(run, load_int8_model, int8_path.name)
     bar.advance(t)
     t = bar.add_task("validation images", total=len(val_items))
     pix, y, _, skipped = decode_all(val_items, size, progress=lambda: bar.advance(t))
@@ -94,12 +112,11 @@ def build_context(run: Run, calib_items: list, val_items: list, calib_n: int, se
         raise EdgetlError(f"RUN {run.path}: none of the {len(val_items)} validation images could be decoded")
     val_x = preprocess(pix, spec)
     t = bar.add_task("keras reference", total=1)
-    kp = predict(model, val_x)
-    qat = bool(run.meta.get("qat"))
-    float_model = strip_quantization(model) if qat else model
-    fp = predict(float_model, val_x) if qat else kp
+    fp = predict(float_model, val_x)
+    kp = predict(model, val_x) if run.qat_graph else fp
     bar.advance(t)
-    return ExportContext(run=run, model=model, float_model=float_model, float_probs=fp, size=size, spec=spec,
+    return ExportContext(run=run, model=int8_model, float_model=float_model, float_probs=fp, size=size, spec=spec,
                          classes=run.classes, val_x=val_x, val_y=y, keras_probs=kp, macs=count_macs(float_model),
-                         qat=qat, calib_items=calib_items, calib_n=calib_n,
-                         seed=int(seed if seed is not None else run.meta.get("seed", 0) or 0), skipped_val=skipped)
+                         qat=source == "qat", calib_items=calib_items, calib_n=calib_n,
+                         seed=int(seed if seed is not None else run.meta.get("seed", 0) or 0), skipped_val=skipped,
+                         qat_graph=run.qat_graph, int8_file=int8_path.name)

@@ -7,27 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.formats import Format
+from ..model.convert import INPUT_NAME, OUTPUT_NAME, int8_tflite, serving_fn
 from ..model.tfenv import tf_and_keras, tflite_converter
 from .context import ExportContext
 from .onnx_int8 import unsigned_weights
 
 
-INPUT_NAME, OUTPUT_NAME = "input", "probabilities"
-
-
-def _serving_fn(model, size: int, batch: int | None = 1):
-    tf, _ = tf_and_keras()
-
-    @tf.function(input_signature=[tf.TensorSpec([batch, size, size, 3], tf.float32, name=INPUT_NAME)])
-    def serve(x):
-        return {OUTPUT_NAME: model(x, training=False)}
-
-    return serve
-
-
 def _tflite_converter(ctx: ExportContext, quantized: bool = False):
     tf, _ = tf_and_keras()
-    fn = _serving_fn(ctx.model if quantized else ctx.float_model, ctx.size, 1)
+    fn = serving_fn(ctx.model if quantized else ctx.float_model, ctx.size, 1)
     return tf, tflite_converter(fn)
 
 
@@ -48,29 +36,22 @@ def tflite_fp16(ctx: ExportContext, fmt: Format) -> bytes:
 def tflite_int8_bytes(ctx: ExportContext, io: str = "int8") -> bytes:
     """Full-integer TFLite: int8 weights and activations, int8/uint8 (or float32) input and output.
 
-    PTQ runs calibrate on a seeded sample of training images; QAT runs carry their learned ranges in
-    the graph's fake-quant nodes and the converter uses those (no calibration).
+    The int8 source model (the float model, or the QAT model when `train --qat` chose it) is calibrated on
+    a seeded sample of training images (model.convert.int8_tflite, the conversion `train --qat` scores).
+    A fake-quant graph (ctx.qat_graph) carries its learned ranges and the converter uses those.
     """
     key = f"tflite-int8-{io}"
     if key in ctx.cache:
         return ctx.cache[key]
-    tf, conv = _tflite_converter(ctx, quantized=True)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    if not ctx.qat:
-        x = ctx.calibration_inputs()
-
-        def rep():
-            for i in range(len(x)):
-                yield [x[i:i + 1]]
-
-        conv.representative_dataset = rep
-        # int8-only kernels; a QAT graph is left unrestricted (the converter then demands a
-        # representative dataset) and its fake-quant nodes quantize every tensor anyway
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    if io != "float32":
-        conv.inference_input_type = {"int8": tf.int8, "uint8": tf.uint8}[io]
-        conv.inference_output_type = {"int8": tf.int8, "uint8": tf.uint8}[io]
-    out = bytes(conv.convert())
+    if not ctx.qat_graph:
+        out = int8_tflite(ctx.model, ctx.size, ctx.calibration_inputs(), io)
+    else:
+        tf, conv = _tflite_converter(ctx, quantized=True)
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        if io != "float32":
+            conv.inference_input_type = {"int8": tf.int8, "uint8": tf.uint8}[io]
+            conv.inference_output_type = {"int8": tf.int8, "uint8": tf.uint8}[io]
+        out = bytes(conv.convert())
     ctx.cache[key] = out
     return out
 
@@ -85,7 +66,7 @@ def onnx_fp32(ctx: ExportContext, fmt: Format) -> bytes:
     import tf2onnx
 
     tf, _ = tf_and_keras()
-    fn = _serving_fn(ctx.float_model, ctx.size, None)
+    fn = serving_fn(ctx.float_model, ctx.size, None)
     sig = (tf.TensorSpec([None, ctx.size, ctx.size, 3], tf.float32, name=INPUT_NAME),)
     proto, _ = tf2onnx.convert.from_function(fn, input_signature=sig, opset=fmt.options.get("opset", 17))
     _rename_io(proto)
@@ -110,7 +91,7 @@ def _rename_io(proto) -> None:
 
 
 def onnx_int8(ctx: ExportContext, fmt: Format) -> bytes:
-    """ONNX int8 QDQ from the int8 TFLite graph (its calibrated or QAT-learned ranges), via tf2onnx, with
+    """ONNX int8 QDQ from the int8 TFLite graph (its calibrated ranges), via tf2onnx, with
     u8 weights (export.onnx_int8).
 
     Measured (benchmarks/bench_export.py): onnxruntime's own static QDQ calibration (MinMax/Entropy)

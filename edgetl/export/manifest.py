@@ -1,5 +1,6 @@
 """manifest.json, the export's record of every file it wrote (size, sha256, parity) or could not write
-(reason). The one place it is read and written.
+(reason), and of the Keras model its int8 files came from (int8_source). The one place it is read and
+written.
 
 What it guarantees, whatever happens to an export (an error, Ctrl-C, SIGTERM, SIGKILL): every file it lists
 as "ok" exists with the listed size and sha256. How:

@@ -40,9 +40,10 @@ def export_run(run_path, formats: str | None = None, int8: bool = False, calib: 
     run, fmts, calib_items, val_items = check_inputs(run_path, formats, int8, calib, max_drop, size_budget)
     missing_val = [p for p, _ in run.split_items("val") if not os.path.isfile(p)]
     t_start = time.perf_counter()
+    int8 = any(f.precision == "int8" for f in fmts)
     with native_logs_aside(console, verbose):
         with progress(console) as bar:
-            ctx = build_context(run, calib_items, val_items, calib, seed, bar)
+            ctx = build_context(run, calib_items, val_items, calib, seed, bar, int8=int8)
             for note in manifest_file.begin(run):
                 console.print(f"[yellow]note[/]: {note}", highlight=False, soft_wrap=True)
             if missing_val:
@@ -51,9 +52,19 @@ def export_run(run_path, formats: str | None = None, int8: bool = False, calib: 
                               f"checks ran on the other {len(val_items)} (all listed in {MANIFEST_FILE} under "
                               "missing_val)", highlight=False, soft_wrap=True)
             results, failures = _export_all(ctx, fmts, bar, max_drop, size_budget, keep_going)
+    source = {}
+    if int8:
+        source["int8_source"] = {"source": "qat" if ctx.qat else "ptq", "model": ctx.int8_file,
+                                 "calibration_images": None if ctx.qat_graph else calib}
     manifest = manifest_file.finish(run, skipped_val=ctx.skipped_val, missing_val=missing_val,
-                                    checked_on=cpu.features(), seconds=round(time.perf_counter() - t_start, 1))
+                                    checked_on=cpu.features(), seconds=round(time.perf_counter() - t_start, 1),
+                                    **source)
     _print_table(console, ctx, results)
+    if int8 and run.meta.get("qat") and not ctx.qat_graph:
+        console.print(f"int8 files from {ctx.int8_file} ("
+                      + ("quantization-aware training" if ctx.qat else
+                         "post-training quantization: the QAT model did not beat it on val in `edgetl train`") + ")",
+                      highlight=False)
     if failures:
         for f in failures:
             console.print(f"[red]failed[/]: {f}", highlight=False)
@@ -132,8 +143,8 @@ def _print_table(console, ctx: ExportContext, results: dict) -> None:
     y = ctx.val_y
     tab.add_row("keras", _mb(ctx.run.model_path.stat().st_size), "-",
                 f"{100 * float((ctx.keras_probs.argmax(1) == y).mean()):.1f}%", "-", "-",
-                "QAT ref" if ctx.qat else "ref")
-    if ctx.qat:
+                "QAT ref" if ctx.qat_graph else "ref")
+    if ctx.qat_graph:
         tab.add_row("keras float", "-", "-", f"{100 * float((ctx.float_probs.argmax(1) == y).mean()):.1f}%",
                     "-", "-", "float")
     notes = []

@@ -1,5 +1,6 @@
 """The model graph: the new head on base features, assembling base + head into ONE flat functional
-graph (what tfmot's quantize_model needs), splitting it back, and counting multiply-accumulates."""
+graph (what tfmot's quantization needs), splitting it back, cutting it at a layer (the top that QAT
+fine-tunes, and its weights put back into a copy), and counting multiply-accumulates."""
 
 from __future__ import annotations
 
@@ -91,3 +92,61 @@ def count_macs(model) -> int:
         else:
             total += kh * kw * int(out_shape[-1]) * spatial
     return int(total)
+
+
+def inbound_names(model) -> dict:
+    """{layer name: names of the layers it reads from in THIS model}, from the model's config (a head layer
+    also has a node in the head model it was trained in, so its first inbound node is not always this
+    model's)."""
+    out = {}
+    for spec in model.get_config()["layers"]:
+        nodes = spec.get("inbound_nodes") or []
+        out[spec["name"]] = [n[0] for n in nodes[0]] if nodes else []
+    return out
+
+
+def cut_layer(model, name: str | None = None) -> str:
+    """The layer whose output splits `model` into a bottom and a top (`top_model`): `name`, or by default
+    the layer the head reads (the base's pooled features), Dropout layers skipped."""
+    if name:
+        if name not in [layer.name for layer in model.layers]:
+            raise EdgetlError(f"model {model.name}: no layer {name!r} to cut at")
+        return name
+    inbound = inbound_names(model)
+    kinds = {layer.name: type(layer).__name__ for layer in model.layers}
+    heads = [layer.name for layer in model.layers if layer.name.startswith(HEAD_PREFIX)]
+    name = inbound[heads[0] if heads else model.layers[-1].name][0]
+    while kinds[name] == "Dropout":
+        name = inbound[name][0]
+    return name
+
+
+def top_model(model, cut: str):
+    """The layers of `model` after layer `cut` as a model of their own (input: the cut's output): new
+    layers with the same configs and weights, so training it leaves `model` unchanged."""
+    _, keras = tf_and_keras()
+    names = [layer.name for layer in model.layers]
+    start = names.index(cut)
+    tensors = {cut: keras.Input(model.layers[start].output_shape[1:], name=f"{cut}_output")}
+    inbound = inbound_names(model)
+    for layer in model.layers[start + 1:]:
+        if any(name not in tensors for name in inbound[layer.name]):
+            raise EdgetlError(f"model {model.name}: layer {layer.name!r} reads from below the cut {cut!r}")
+        args = [tensors[name] for name in inbound[layer.name]]
+        new = layer.__class__.from_config(layer.get_config())
+        tensors[layer.name] = new(args if len(args) > 1 else args[0])
+        new.set_weights(layer.get_weights())
+    return keras.Model(tensors[cut], tensors[model.layers[-1].name], name=f"{model.name}_top")
+
+
+def with_weights_of(model, top):
+    """A copy of `model` (same architecture and layer names) with the weights of `top`'s layers of the
+    same names."""
+    _, keras = tf_and_keras()
+    out = keras.models.clone_model(model)
+    out.set_weights(model.get_weights())
+    by_name = {layer.name: layer for layer in top.layers}
+    for layer in out.layers:
+        if layer.name in by_name and layer.weights:
+            layer.set_weights(by_name[layer.name].get_weights())
+    return out

@@ -1,8 +1,11 @@
-"""Loading a run's Keras model, QAT models included, and the float twin of a QAT model."""
+"""Loading a run's Keras models: the float model (model.keras), the model its int8 files come from (the
+QAT model, model-qat.keras, when `train --qat` chose it), tfmot fake-quant graphs (QAT runs whose
+model.keras is one, see Run.qat_graph), and the float twin of such a graph."""
 
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 from ..core.errors import EdgetlError
 from ..core.rundir import Run
@@ -10,12 +13,28 @@ from .tfenv import tf_and_keras, tfmot
 
 
 def load_run_model(run):
-    """The tf_keras model of a run directory (path or Run). QAT runs load inside quantize_scope."""
+    """The tf_keras model of a run directory (path or Run): model.keras (a fake-quant graph loads inside
+    quantize_scope)."""
     run = run if isinstance(run, Run) else Run(run)
-    path = run.require_model()
+    return load_model_file(run, run.require_model(), qat_graph=run.qat_graph)
+
+
+def load_int8_model(run: Run):
+    """The Keras model a run's int8 files are converted from (Run.int8_source)."""
+    _, path = run.int8_source()
+    if path == run.model_path:
+        return load_run_model(run)
+    if not path.is_file():
+        raise EdgetlError(f"RUN {run.path}: {path.name} is missing (edgetl.json says the int8 files come from it); "
+                          "re-run `edgetl train --qat`")
+    return load_model_file(run, path)
+
+
+def load_model_file(run: Run, path: Path, qat_graph: bool = False):
+    """A Keras file of a run; any failure to load it is one line naming the file."""
     _, keras = tf_and_keras()
     try:
-        if run.meta.get("qat"):
+        if qat_graph:
             return load_qat_model(path)
         return keras.models.load_model(path, compile=False)
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -69,11 +88,10 @@ def load_qat_model(path):
 
 
 def strip_quantization(qmodel):
-    """Float twin of a QAT model: same (QAT-trained) weights, fake-quant nodes removed.
-
-    Float artifacts of a QAT run come from this graph: converting the fake-quant graph to float formats
-    gives files that match neither the QAT nor the float model (measured: ONNX 64% agreement).
-    """
+    """Float twin of a QAT graph: same (QAT-trained) weights, fake-quant nodes removed: the QAT model that
+    `train --qat` saves, and the source of the float files of a run whose model.keras is a fake-quant
+    graph (converting the fake-quant graph to float formats gives files that match neither the QAT nor
+    the float model: measured ONNX 64% agreement)."""
     from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer
     from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
 

@@ -32,7 +32,7 @@ from ..model.bn import calibrate_random_bn
 from ..model.fit import fine_tune, fit_head
 from ..model.graph import assemble, build_head, split_model
 from ..model.load import load_run_model
-from ..model.predict import evaluate, evaluate_head, predict_pixels
+from ..model.predict import evaluate, evaluate_head, predict, predict_pixels
 from ..model.recipe import FT_LR_FACTOR
 from ..model.tfenv import set_seed, tf_and_keras
 from .adapt import adapt_bn, adapt_info as adapt_info_of, source_pixels
@@ -75,6 +75,7 @@ class _Session:
     from_info: dict | None = None
     adapt: dict | None = None
     qat_info: dict | None = None
+    qat_model: object = None
 
     def lap(self, name: str) -> None:
         """Record the time since the last lap as timings[name]."""
@@ -294,10 +295,18 @@ def _fine_tune(s: _Session) -> None:
 
 
 def _qat(s: _Session) -> None:
-    """Quantization-aware training of the float model (train.qat)."""
-    s.model, s.qat_info = qat_phase(s.model, (s.tr_px, s.tr_y), (s.va_px, s.va_y), s.spec, s.cfg, s.console)
-    s.acc, s.cm = evaluate(s.model, s.va_px, s.va_y, s.spec, s.cfg.feature_batch)
-    s.metrics["qat"] = {"val_accuracy": s.acc, "confusion_matrix": s.cm}
+    """Quantization-aware training (train.qat): the float model stays the run's model; the QAT model is
+    kept beside it, and edgetl.json says which of the two the int8 files come from."""
+    teacher = float_val = None
+    if not s.cfg.fine_tune:  # the base is the frozen one: the head on the cached features is the float model
+        teacher = predict(s.head_model, s.f_tr[:len(s.tr_px)])
+        float_val = predict(s.head_model, s.f_va)
+    s.qat_model, s.qat_info = qat_phase(s.model, (s.tr_px, s.tr_y), (s.va_px, s.va_y), s.spec, s.cfg, s.console,
+                                        teacher_probs=teacher, train_paths=s.tr_paths, float_val_probs=float_val)
+    s.qat_info["qat_model"] = rundir.QAT_MODEL_FILE
+    s.metrics["qat"] = {"val_accuracy_ptq_int8": s.qat_info["val_acc_ptq_int8"],
+                        "val_accuracy_qat_int8": s.qat_info["val_acc_qat_int8"],
+                        "int8_source": s.qat_info["int8_source"]}
 
 
 def _meta(s: _Session) -> dict:
@@ -344,6 +353,8 @@ def _write_run(s: _Session, meta: dict, plotter: PlotProcess) -> Path:
         plotter.submit({"dir": str(tmp), "history": s.history, "confusion_matrix": s.cm, "classes": classes,
                         "title": f"val accuracy {s.acc:.3f}"})
         s.model.save(tmp / rundir.MODEL_FILE, save_format="keras")
+        if s.qat_model is not None:
+            s.qat_model.save(tmp / rundir.QAT_MODEL_FILE, save_format="keras")
         rundir.pause_point("train-model-saved")
         (tmp / rundir.LABELS_FILE).write_text("\n".join(classes) + "\n")
         plotter.wait()
@@ -367,9 +378,12 @@ def _summary(console, out: Path, meta: dict) -> None:
     tab.add_row("val accuracy (head)", f"{m['head']['val_accuracy']:.3f}")
     if "fine_tune" in m:
         tab.add_row("val accuracy (fine-tuned)", f"{m['fine_tune']['val_accuracy_after']:.3f}")
-    if "qat" in m:
-        tab.add_row("val accuracy (QAT)", f"{m['qat']['val_accuracy']:.3f}")
     tab.add_row("[bold]val accuracy", f"[bold]{m['val_accuracy']:.3f}")
+    if "qat" in m:
+        q = m["qat"]
+        tab.add_row("val accuracy int8, post-training (TFLite)", f"{q['val_accuracy_ptq_int8']:.3f}")
+        tab.add_row("val accuracy int8, QAT (TFLite)", f"{q['val_accuracy_qat_int8']:.3f}")
+        tab.add_row("int8 files exported from", "QAT model" if q["int8_source"] == "qat" else "float model (PTQ)")
     tab.add_row("images train / val (train views)", f"{m['n_train']} / {m['n_val']} ({m['n_train_views']})")
     tab.add_row("skipped files", str(m["n_skipped"]))
     for k, v in tm.items():

@@ -47,6 +47,17 @@ def test_run_reads_its_metadata(tmp_path):
         run.require_model()
 
 
+@pytest.mark.parametrize("qat, info, source, model, graph", [
+    (False, None, "ptq", "model.keras", False),
+    (True, {"int8_source": "ptq", "qat_model": "model-qat.keras"}, "ptq", "model.keras", False),
+    (True, {"int8_source": "qat", "qat_model": "model-qat.keras"}, "qat", "model-qat.keras", False),
+    (True, {"epochs": 5}, "qat", "model.keras", True),  # model.keras is a fake-quant graph
+])
+def test_run_names_the_model_its_int8_files_come_from(tmp_path, qat, info, source, model, graph):
+    run = _run(tmp_path, {"classes": ["a"], "image_size": 32, "preprocessing": {}, "qat": qat, "qat_info": info})
+    assert run.int8_source() == (source, tmp_path / model) and run.qat_graph is graph
+
+
 @pytest.mark.parametrize("meta,needle", [
     (None, "no such folder"),
     ("", "not an edgetl run (no edgetl.json)"),
