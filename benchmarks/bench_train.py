@@ -50,9 +50,12 @@ def edgetl_train(data: Path, out: Path, env: dict, logdir: Path, name: str, *ext
            "n_train": m["n_train"], "n_val": m["n_val"], "n_train_views": m["n_train_views"],
            "skipped": meta["skipped"], "timings": meta["timings"], "features": meta.get("features")}
     if "fine_tune" in m:
-        res["val_accuracy_frozen_head"] = round(m["fine_tune"]["val_accuracy_before"], 4)
-        res["fine_tune_kept_weights_before"] = m["fine_tune"].get("kept_weights_before")
-        res["fine_tune_val_loss"] = {k: meta["history"]["fine_tune"].get(k) for k in ("val_loss_before", "val_loss")}
+        res["val_accuracy_frozen_head"] = round(m["head"]["val_accuracy"], 4)
+        res["fine_tune_kept"] = m["fine_tune"].get("kept", m["fine_tune"].get("skipped"))
+        res["fine_tune_val_loss"] = {k: meta["history"].get("fine_tune", {}).get(k)
+                                     for k in ("val_loss_before", "val_loss")}
+    if m.get("test_accuracy") is not None:
+        res["test_accuracy"] = round(m["test_accuracy"], 4)
     return res
 
 
@@ -119,7 +122,7 @@ def main() -> None:
     ap.add_argument("--seed-epochs", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3, help="augmented copies per image in the larger folder (0: skip)")
     ap.add_argument("--no-alpha05", action="store_true", help="skip the alpha 0.5 accuracy runs")
-    ap.add_argument("--ft-args", default="--alpha 0.5 --augment 2 --fine-tune 20 --fine-tune-epochs 4",
+    ap.add_argument("--ft-args", default="--alpha 0.5 --fine-tune on",
                     help="edgetl options of the fine-tuning + augmentation run")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train.json")
     a = ap.parse_args()

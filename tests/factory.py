@@ -215,13 +215,13 @@ def export_run(run: Path, **options) -> dict:
     return export(run, **{"int8": True, "calib": 16, "max_drop": 100.0, "console": quiet_console(), **options})
 
 
-def tiny_model(n_classes: int = 2, size: int = 32, seed: int = 0, images: np.ndarray | None = None):
-    """A flat base + head Keras model (random MobileNetV2 alpha 0.35, BatchNorm statistics from `images`,
-    or from noise), as `edgetl train --weights random` builds it. Returns (model, pixels used for BN)."""
+def tiny_parts(n_classes: int = 2, size: int = 32, seed: int = 0, images: np.ndarray | None = None):
+    """(base, head, pixels used for BN): a random MobileNetV2 alpha 0.35 base (BatchNorm statistics from
+    `images`, or from noise) and a new head, as `edgetl train --weights random` builds them."""
     from edgetl.core.images import preprocessing_spec
     from edgetl.model.backbone import build_base
     from edgetl.model.bn import calibrate_random_bn
-    from edgetl.model.graph import assemble, build_head
+    from edgetl.model.graph import build_head
     from edgetl.model.tfenv import set_seed
 
     set_seed(seed)
@@ -230,4 +230,12 @@ def tiny_model(n_classes: int = 2, size: int = 32, seed: int = 0, images: np.nda
     base = build_base(0.35, size, None)
     calibrate_random_bn(base, px, preprocessing_spec(size), seed=seed)
     base.trainable = False
-    return assemble(base, build_head(int(base.output_shape[-1]), n_classes, seed=seed)), px
+    return base, build_head(int(base.output_shape[-1]), n_classes, seed=seed), px
+
+
+def tiny_model(n_classes: int = 2, size: int = 32, seed: int = 0, images: np.ndarray | None = None):
+    """A flat base + head Keras model (tiny_parts assembled). Returns (model, pixels used for BN)."""
+    from edgetl.model.graph import assemble
+
+    base, head, px = tiny_parts(n_classes, size, seed, images)
+    return assemble(base, head), px

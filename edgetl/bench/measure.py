@@ -57,6 +57,8 @@ def measure_row(t: Target, threads: int, sets: dict, min_time: float, min_runs: 
     ev = sets.get(t.eval_key) if t.eval_key else None
     job = {"path": str(t.path), "threads": threads, "min_time": min_time, "min_runs": min_runs,
            "pixels": ev["pixels"] if ev else None, "labels": ev["labels"] if ev else None}
+    if ev:
+        row["accuracy_split"] = ev["split"]  # "test", "val" or "data" (--data)
     if save_probs is not None and ev:
         job["save_probs"] = str(save_probs)
     res = run_worker(job)

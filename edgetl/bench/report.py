@@ -13,8 +13,8 @@ from ..core.errors import EdgetlError
 from ..core.rundir import write_bytes, write_json
 
 CSV_COLUMNS = ["name", "format", "threads", "status", "load_ms", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms",
-               "runs", "cpu_p50_ms", "throughput_ips", "accuracy", "eval_images", "bytes", "peak_rss_mb", "macs", "gmacs_per_s",
-               "pct_of_fp32_peak", "image_size", "alpha", "file", "emulated_cpu", "agreement_vs_host",
+               "runs", "cpu_p50_ms", "throughput_ips", "accuracy", "accuracy_split", "eval_images", "bytes",
+               "peak_rss_mb", "macs", "gmacs_per_s", "pct_of_fp32_peak", "image_size", "alpha", "file", "emulated_cpu", "agreement_vs_host",
                "max_abs_dp_vs_host", "emulation_wall_s"]
 
 
@@ -111,10 +111,12 @@ def _table(result: dict, emu: bool, comp: bool):
     host = result["host"]
     tab = Table(title=f"edgetl bench — {result['device']} — {host['cpu']}, {host['cores']} cores, {host['arch']}",
                 title_justify="left")
-    cols = ["artifact", "thr", "load ms", "p50 ms", "p90/p99 ms", "mean ± std", "cpu ms", "img/s", "accuracy",
+    splits = {r.get("accuracy_split") for r in result["rows"] if r.get("accuracy") is not None}
+    acc = {"test": "test acc", "val": "val acc"}.get(splits.pop(), "accuracy") if len(splits) == 1 else "accuracy"
+    cols = ["artifact", "thr", "load ms", "p50 ms", "p90/p99 ms", "mean ± std", "cpu ms", "img/s", acc,
             "MB", "RSS MB", "GMAC/s (% peak)"]
     if emu:
-        cols.insert(cols.index("accuracy") + 1, "top-1 vs host")
+        cols.insert(cols.index(acc) + 1, "top-1 vs host")
     if comp:
         cols += ["Δ p50", "Δ acc"]
     cols.append("status")

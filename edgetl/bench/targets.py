@@ -121,32 +121,36 @@ def prepare_eval(targets: list[Target], data_dir: Path | None, tmp: Path, consol
         found = _eval_items(t, classes, data_dir)
         if found is None:
             continue
-        items, ignored, source = found
+        items, ignored, source, split = found
         key = f"{source}|{size}|{','.join(classes)}"
         if key not in sets:
             sets[key] = _decode(items, size, len(sets), tmp, console, source)
-            sets[key]["ignored"] = len(ignored)
+            sets[key].update(ignored=len(ignored), split=split)
         t.eval_key = key
     return sets
 
 
-def _eval_items(t: Target, classes: list[str], data_dir: Path | None) -> tuple[list, list, str] | None:
-    """(items, ignored files, source description) of a target's labelled images: --data, else its run's
-    validation split (the images still on this machine); None, with a note or status set, when it has none."""
+def _eval_items(t: Target, classes: list[str], data_dir: Path | None) -> tuple[list, list, str, str] | None:
+    """(items, ignored files, source description, split: "data", "test" or "val") of a target's labelled
+    images: --data, else its run's test split when it has one (images never used to choose anything), else
+    its validation split (the images still on this machine); None, with a note or status set, when it has
+    none."""
     if data_dir is not None:
         _, items, ignored = data.labelled_folder(data_dir, classes)  # raises on class mismatch
-        return items, ignored, f"--data {data_dir}"
+        return items, ignored, f"--data {data_dir}", "data"
     if t.run is not None:
         if t.run.classes != classes:
             t.status = f"error: labels {classes} differ from its run's {t.run.classes}"
             return None
-        items = t.run.split_items("val")
+        split = "test" if t.run.split_items("test") else "val"
+        name = "test" if split == "test" else "validation"
+        items = t.run.split_items(split)
         present = [it for it in items if Path(it[0]).is_file()]
         if present:
             ignored = [{"file": p, "reason": "missing"} for p, _ in items if not Path(p).is_file()]
-            return present, ignored, f"validation split of {t.run.path}"
+            return present, ignored, f"{name} split of {t.run.path}", split
         if items:  # e.g. the run folder was copied to a Pi without its images
-            t.extra["accuracy_note"] = (f"the run's {len(items)} validation images are not on this machine: "
+            t.extra["accuracy_note"] = (f"the run's {len(items)} {name} images are not on this machine: "
                                         "pass --data DIR")
             return None
     t.extra.setdefault("accuracy_note", "no labelled images: pass --data DIR")

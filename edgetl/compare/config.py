@@ -21,7 +21,7 @@ ARM_TITLES = {"feature-extraction": "Feature extraction", "fine-tuning": "+ Fine
               "from-scratch": "From scratch"}
 DEFAULT_FRACTIONS = "0.1,0.25,0.5,1.0"
 DEFAULT_BUDGET = "4x"
-DEFAULT_FINE_TUNE = 20
+DEFAULT_FINE_TUNE = "on"
 DEFAULT_TARGET_REL = 0.9  # default target accuracy = 90% of the best accuracy any arm reached
 
 
@@ -35,12 +35,11 @@ class CompareConfig(Recipe):
     image_size: int | None = opt(None, "Input size in px for all arms, 96-224 (default 224)")
     weights: str = opt("imagenet", "Pretrained weights of the transfer arms: 'imagenet', a .h5 path, or 'random'")
     head: str = opt("linear", "'linear' or 'dense128' (all arms)")
-    dropout: float = opt(0.2, "Dropout before the head's dense layer(s)", cli=False)
-    patience: int = opt(5, "Early-stopping patience of the transfer arms")
     seed: int = opt(0, "Random seed (same split and seed for every arm)")
     overwrite: bool = opt(False, "Replace an existing --out folder", "--overwrite")
-    fine_tune: int = opt(DEFAULT_FINE_TUNE, "Top base layers trained in the fine-tuning arm; 0 drops that arm",
-                         metavar="LAYERS")
+    fine_tune: str = opt(DEFAULT_FINE_TUNE, "The fine-tuning arm: 'on' (the top 39 layers, as train --fine-tune on), "
+                                            "LAYERS (rounded to a block boundary) or 'off' (no such arm)",
+                         metavar="on|LAYERS|off")
     fractions: str = opt(DEFAULT_FRACTIONS, "Fractions of the training images (stratified, nested), each in (0, 1]")
     budget: str = opt(DEFAULT_BUDGET, "From-scratch budget per fraction: Nx (times the fine-tuning arm's time at "
                                       "that fraction), Ns/Nm (wall clock), Nep (epochs); comma-separated limits, "

@@ -33,11 +33,13 @@ def summary_table(results: list[dict], arms: list[str], target: float) -> dict:
             "trainable_params": r["trainable_params"], "val_accuracy": r["val_accuracy"], "n_train": r["n_train"],
             "fraction": fmax,
         }
+        if "test_accuracy" in r:
+            rows[arm]["test_accuracy"] = r["test_accuracy"]
     return {"target_accuracy": target, "fraction": fmax, "arms": rows}
 
 
 def results_csv(results: list[dict]) -> str:
-    cols = ["arm", "fraction", "n_train", "val_accuracy", "seconds", "images_seen", "base_passes",
+    cols = ["arm", "fraction", "n_train", "val_accuracy", "test_accuracy", "seconds", "images_seen", "base_passes",
             "trainable_params", "epochs", "stopped_by"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
@@ -104,20 +106,26 @@ def print_report(console, report: dict, out: Path) -> None:
     t.add_row(f"Training time ({n_full} images)", *[f"{rows[a]['seconds']:.1f} s" for a in arms])
     t.add_row("Relative compute cost (time)", *[f"{rows[a]['relative_cost']:.1f}x" for a in arms])
     t.add_row(f"Accuracy ({n_full} images)", *[f"{rows[a]['val_accuracy']:.3f}" for a in arms])
+    if report.get("n_test"):
+        t.add_row(f"Test accuracy ({report['test_source']}: {report['n_test']} images, never used to choose)",
+                  *[f"{rows[a]['test_accuracy']:.3f}" for a in arms])
     t.add_row("Images seen / base passes", *[f"{rows[a]['images_seen']} / {rows[a]['base_passes']}" for a in arms])
     t.add_row("Trainable parameters", *[f"{rows[a]['trainable_params']:,}" for a in arms])
     console.print(t)
     d = Table(title="per arm and fraction")
-    for c in ("arm", "frac", "imgs", "val acc", "time s", "seen", "epochs"):
+    tested = bool(report.get("n_test"))
+    for c in ("arm", "frac", "imgs", "val acc", *(["test acc"] if tested else []), "time s", "seen", "epochs"):
         d.add_column(c, justify="left" if c == "arm" else "right", no_wrap=True)
     for r in report["results"]:
         ep = f"{r['epochs']:g}" + (f" ({r['stopped_by']})" if r["arm"] == "from-scratch" else "")
-        d.add_row(r["arm"], f"{r['fraction']:g}", str(r["n_train"]), f"{r['val_accuracy']:.3f}", f"{r['seconds']:.1f}",
-                  str(r["images_seen"]), ep)
+        if r["arm"] == "fine-tuning" and not r["kept"]:
+            ep += " (kept out)"
+        d.add_row(r["arm"], f"{r['fraction']:g}", str(r["n_train"]), f"{r['val_accuracy']:.3f}",
+                  *([f"{r['test_accuracy']:.3f}"] if tested else []), f"{r['seconds']:.1f}", str(r["images_seen"]), ep)
     console.print(d)
     b = report["budget"]
     console.print(f"from-scratch budget: {b['spec']} (reference: the "
-                  f"{'fine-tuning' if report['config']['fine_tune'] else 'feature-extraction'} arm's time at the "
+                  f"{'fine-tuning' if 'fine-tuning' in rows else 'feature-extraction'} arm's time at the "
                   f"same fraction); target accuracy: {target:.2f} ({report['target_rule']}); "
                   f"total {report['timings']['total']:.0f} s", highlight=False)
     console.print(f"wrote {out}/compare.json, compare.csv, learning-curve.png", highlight=False)

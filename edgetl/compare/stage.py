@@ -3,22 +3,26 @@
 For every fraction of the training images (stratified, seeded and nested: each fraction's images
 contain the smaller fractions' images), on the same split and seed, three arms:
 
-  feature-extraction  frozen pretrained MobileNetV2 + new head trained on cached base features
-  fine-tuning         the feature-extraction model, then the top LAYERS of the base trained on pixels
+  feature-extraction  frozen pretrained MobileNetV2 + new head trained on cached base features (the
+                      originals and --augment cached views of each training image, as train does)
+  fine-tuning         the feature-extraction model, then the top of the base fine-tuned as train does it
+                      (model.finetune: strong augmentation every epoch, the keep rule; run at every
+                      fraction, even where train would skip it as too small, which the record says)
   from-scratch        the same MobileNetV2 + head from random initialisation, every layer trainable,
                       trained on pixels within an explicit budget (epochs and/or wall-clock seconds,
                       by default 4x the fine-tuning arm's wall time at the same fraction)
 
-Images are decoded once and base features computed once for all training and validation images;
-each fraction's feature-extraction arm trains on a subset of the cached features. The feature
-pass's time is attributed to each fraction pro rata (its training images + the validation images),
-so a fraction's feature-extraction time is what a standalone `edgetl train` on those images would
-spend on features. Recorded per arm and fraction: val accuracy, wall time, images seen (training
-presentations: epochs x images), base passes (images pushed through the backbone), trainable
-parameters. Output (--out DIR): compare.json, compare.csv, learning-curve.png, plus rich tables.
+Images are decoded once and base features computed once for all training (and their views), validation
+and test images; each fraction's feature-extraction arm trains on a subset of the cached features. The
+feature pass's time is attributed to each fraction pro rata (its training views + the validation images),
+so a fraction's feature-extraction time is what a standalone `edgetl train` on those images would spend
+on features. Recorded per arm and fraction: val accuracy (what every choice is made on), test accuracy
+when DATA has a test/ split (scored once per arm and fraction, never used to choose), wall time, images
+seen (training presentations: epochs x images), base passes (images pushed through the backbone),
+trainable parameters. Output (--out DIR): compare.json, compare.csv, learning-curve.png, plus rich tables.
 
-The training loops are train's own (model.fit: fit_head, fine_tune, pixel_batches); the from-scratch
-loop is here, with precise BatchNorm statistics from model.bn.
+The training loops are train's own (model.fit.fit_head, model.finetune); the from-scratch loop is here
+(model.fit.pixel_batches), with precise BatchNorm statistics from model.bn.
 """
 
 from __future__ import annotations
@@ -33,14 +37,14 @@ import numpy as np
 from ..core import rundir
 from ..core.console import native_logs_aside, progress
 from ..core.errors import EdgetlError
-from ..core.images import decode_all, preprocessing_spec
+from ..core.images import decode_all, feature_views, preprocess, preprocessing_spec, view_pixels
 from ..core.outdir import COMPARE_FILE, atomic_dir
-from ..model import backbone
+from ..model import backbone, basecache
 from ..model.bn import assign_bn_stats, calibrate_random_bn, estimate_bn_stats
-from ..model.fit import fine_tune, fit_head, freeze_base, pixel_batches, set_fine_tune_layers
+from ..model.finetune import TopTuner, fine_tune_cut, too_small
+from ..model.fit import fit_head, pixel_batches
 from ..model.graph import assemble, build_head
-from ..model.predict import evaluate, evaluate_head, predict_pixels
-from ..model.recipe import FT_LR_FACTOR
+from ..model.predict import evaluate, evaluate_head, predict_pixels, scores
 from ..model.tfenv import set_seed, tf_and_keras
 from .config import (ARMS, DEFAULT_TARGET_REL, Budget, CompareConfig, Prepared, check_fractions, class_counts,
                      nested_subsets, validate)
@@ -61,12 +65,20 @@ class _Session:
     tr_y: np.ndarray | None = None
     va_px: np.ndarray | None = None
     va_y: np.ndarray | None = None
+    te_px: np.ndarray | None = None  # the test split (empty without one)
+    te_y: np.ndarray | None = None
     skipped: list = field(default_factory=list)
     base: object = None
-    f_tr: np.ndarray | None = None  # base features of every training image
+    f_tr: np.ndarray | None = None  # base features of every training image: (1 + augment, N, F), view 0 = itself
     f_va: np.ndarray | None = None
+    f_te: np.ndarray | None = None
     feat_seconds: float = 0.0
     results: list = field(default_factory=list)
+    bottoms: dict = field(default_factory=dict)  # fine-tuning: the bottom's outputs of val and test, once
+
+    @property
+    def tested(self) -> bool:
+        return bool(len(self.te_y))
 
     @property
     def classes(self) -> list[str]:
@@ -75,16 +87,25 @@ class _Session:
     @property
     def per_image(self) -> float:
         """Feature seconds per image (each fraction's feature-extraction arm is charged pro rata)."""
-        return self.feat_seconds / max(1, len(self.tr_px) + len(self.va_px))
+        return self.feat_seconds / max(1, self.f_tr.shape[0] * len(self.tr_px) + len(self.va_px) + len(self.te_px))
 
     def record(self, arm: str, fraction: float, idx, r: dict) -> dict:
         r = {"arm": arm, "fraction": fraction, "n_train": int(len(idx)), **r}
         r["seconds"] = round(float(r["seconds"]), 3)
         self.results.append(r)
+        test = f", test accuracy [bold]{r['test_accuracy']:.3f}[/]" if "test_accuracy" in r else ""
         self.console.print(f"  {arm:<19} {fraction:>5.0%} ({len(idx):>4} images): val accuracy "
-                           f"[bold]{r['val_accuracy']:.3f}[/] in {r['seconds']:.1f} s, {r['images_seen']} images "
-                           f"seen, {r['trainable_params']:,} trainable parameters", highlight=False)
+                           f"[bold]{r['val_accuracy']:.3f}[/]{test} in {r['seconds']:.1f} s, {r['images_seen']} "
+                           f"images seen, {r['trainable_params']:,} trainable parameters", highlight=False)
         return r
+
+    def test_scores(self, probs_of) -> dict:
+        """{"test_accuracy", "test_confusion_matrix"} of an arm's final model (probs_of: test -> probabilities),
+        or {} without a test split."""
+        if not self.tested:
+            return {}
+        acc, cm = scores(probs_of(), self.te_y)
+        return {"test_accuracy": acc, "test_confusion_matrix": cm}
 
 
 def compare(cfg: CompareConfig, console=None, prepared: Prepared | None = None) -> dict:
@@ -117,12 +138,12 @@ def _compare(cfg: CompareConfig, console, prepared: Prepared | None) -> dict:
                      f"{', '.join(f'{c} {n}' for c, n in zip(s.classes, class_counts(s.tr_y[idx], len(s.classes))))})")
         head, ra = _feature_extraction_arm(s, f, idx)
         transfer_seconds = ra["seconds"]
-        if cfg.fine_tune:
+        if fine_tune_cut(cfg.fine_tune) is not None:
             transfer_seconds = _fine_tuning_arm(s, f, idx, head, ra)["seconds"]
             s.base.set_weights(base_weights)  # the next fraction starts from the pretrained base again
             s.base.trainable = False
         rc = scratch_arm(p.alpha, p.image_size, len(s.classes), s.tr_px[idx], s.tr_y[idx], s.va_px, s.va_y, s.spec,
-                         p.budget, p.budget.seconds_for(transfer_seconds), cfg, console)
+                         p.budget, p.budget.seconds_for(transfer_seconds), cfg, console, (s.te_px, s.te_y))
         rc["budget_reference_seconds"] = round(transfer_seconds, 3)
         s.record("from-scratch", f, idx, rc)
     report, arms = _report(s, subsets, t_start)
@@ -142,10 +163,11 @@ def _decode(s: _Session) -> None:
     cfg, split, size = s.cfg, s.p.split, s.p.image_size
     t = time.perf_counter()
     with progress(s.console) as prog:
-        task = prog.add_task("decode images (once)", total=len(split.train) + len(split.val))
+        task = prog.add_task("decode images (once)", total=len(split.train) + len(split.val) + len(split.test))
         s.tr_px, s.tr_y, _, tr_skip = decode_all(split.train, size, cfg.workers, lambda: prog.advance(task))
         s.va_px, s.va_y, _, va_skip = decode_all(split.val, size, cfg.workers, lambda: prog.advance(task))
-    s.skipped = list(split.ignored) + tr_skip + va_skip
+        s.te_px, s.te_y, _, te_skip = decode_all(split.test, size, cfg.workers, lambda: prog.advance(task))
+    s.skipped = list(split.ignored) + tr_skip + va_skip + te_skip
     for name, ys in (("train", s.tr_y), ("val", s.va_y)):
         missing = [c for i, c in enumerate(s.classes) if not (ys == i).any()]
         if missing:
@@ -155,18 +177,25 @@ def _decode(s: _Session) -> None:
 
 
 def _base_features(s: _Session) -> None:
-    """The pretrained base and the features of every image, once."""
+    """The pretrained base and the features of every image (and of each training view), once."""
+    cfg = s.cfg
     t = time.perf_counter()
     s.base = backbone.build_base(s.p.alpha, s.p.image_size, s.weights["path"])
     if s.weights["source"] == "random":
-        s.weights["bn_statistics_from_images"] = calibrate_random_bn(s.base, s.tr_px, s.spec, seed=s.cfg.seed)
+        s.weights["bn_statistics_from_images"] = calibrate_random_bn(s.base, s.tr_px, s.spec, seed=cfg.seed)
     s.base.trainable = False
     s.timings["build_base"] = round(time.perf_counter() - t, 3)
     t = time.perf_counter()
+    px = {"train": s.tr_px, "val": s.va_px, "test": s.te_px}
+    out: dict = {}
     with progress(s.console) as prog:
-        task = prog.add_task("base features (all images, once)", total=len(s.tr_px) + len(s.va_px))
-        s.f_tr = predict_pixels(s.base, s.tr_px, s.spec, 32, progress=lambda n: prog.advance(task, n))
-        s.f_va = predict_pixels(s.base, s.va_px, s.spec, 32, progress=lambda n: prog.advance(task, n))
+        task = prog.add_task("base features (all images, once)",
+                             total=len(s.tr_px) * (1 + cfg.augment) + len(s.va_px) + len(s.te_px))
+        for which, v in feature_views(cfg.augment):
+            out[which, v] = predict_pixels(s.base, view_pixels(px[which], v, cfg.seed), s.spec, 32,
+                                           progress=lambda n: prog.advance(task, n))
+    s.f_tr = np.stack([out["train", v] for v in range(1 + cfg.augment)])
+    s.f_va, s.f_te = out["val", 0], out["test", 0]
     s.feat_seconds = time.perf_counter() - t
     s.timings["features"] = round(s.feat_seconds, 3)
 
@@ -176,55 +205,73 @@ def _trainable_params(model) -> int:
 
 
 def _feature_extraction_arm(s: _Session, f: float, idx) -> tuple[object, dict]:
-    """(the head, the arm's result): a new head on the cached features of this fraction's images."""
+    """(the head, the arm's result): a new head on the cached features of this fraction's images and views."""
     cfg = s.cfg
     set_seed(cfg.seed)
     t = time.perf_counter()
-    head = build_head(s.f_tr.shape[1], len(s.classes), cfg.head, cfg.dropout, cfg.seed)
-    hist = fit_head(head, (s.f_tr[idx], s.tr_y[idx]), (s.f_va, s.va_y), cfg.epochs, cfg.lr, cfg.batch_size,
-                    cfg.patience, cfg.seed, s.console, desc=f"head ({len(idx)} images)")
+    head = build_head(s.f_tr.shape[2], len(s.classes), cfg.head, cfg.dropout, cfg.seed)
+    views = s.f_tr.shape[0]
+    hist = fit_head(head, (s.f_tr[:, idx].reshape(-1, s.f_tr.shape[2]), np.tile(s.tr_y[idx], views)),
+                    (s.f_va, s.va_y), cfg.epochs, cfg.lr, cfg.batch_size, cfg.patience, cfg.seed, s.console,
+                    desc=f"head ({len(idx)} images)")
     head_seconds = time.perf_counter() - t
     acc, cm = evaluate_head(head, s.f_va, s.va_y)
-    feat_share = s.per_image * (len(idx) + len(s.va_px))
+    feat_share = s.per_image * (views * len(idx) + len(s.va_px))
     epochs = len(hist.get("loss", []))
     return head, s.record("feature-extraction", f, idx, {
-        "val_accuracy": acc, "confusion_matrix": cm, "seconds": feat_share + head_seconds,
+        "val_accuracy": acc, "confusion_matrix": cm,
+        **s.test_scores(lambda: np.asarray(head(s.f_te, training=False))), "seconds": feat_share + head_seconds,
         "seconds_detail": {"features_pro_rata": round(feat_share, 3), "head": round(head_seconds, 3)},
-        "images_seen": int(epochs * len(idx)), "epochs": epochs, "best_epoch": hist.get("best_epoch"),
-        "base_passes": int(len(idx)), "trainable_params": _trainable_params(head)})
+        "images_seen": int(epochs * views * len(idx)), "epochs": epochs, "best_epoch": hist.get("best_epoch"),
+        "base_passes": int(views * len(idx)), "trainable_params": _trainable_params(head)})
+
+
+def _tuner(s: _Session, head) -> TopTuner:
+    """The fine-tuning top on this fraction's head; the bottom's copy and its val/test outputs made once."""
+    cfg, p = s.cfg, s.p
+    cut, _ = fine_tune_cut(cfg.fine_tune)
+    tuner = TopTuner(s.base, head, cut, s.spec, cfg.workers)
+    if not s.bottoms:  # (the time of the copy and of the val outputs is charged to every fraction's arm)
+        t = time.perf_counter()
+        key = basecache.base_cache_key(s.weights, p.alpha, p.image_size, cut)
+        s.bottoms["status"] = tuner.bottom.make_copy(key, preprocess(s.tr_px[:4], s.spec))
+        s.bottoms["val"] = tuner.bottom_outputs(s.va_px)
+        s.bottoms["tflite"], s.bottoms["seconds"] = tuner.bottom.tflite, time.perf_counter() - t
+        s.bottoms["test"] = tuner.bottom_outputs(s.te_px)
+    tuner.bottom.tflite = s.bottoms["tflite"]
+    return tuner
 
 
 def _fine_tuning_arm(s: _Session, f: float, idx, head, ra: dict) -> dict:
-    """The feature-extraction model with the top --fine-tune layers of the base trained on pixels."""
+    """The feature-extraction model with the top of the base fine-tuned on pixels, as train does it."""
     cfg = s.cfg
     set_seed(cfg.seed)
-    model = assemble(s.base, head)
-    lr = cfg.fine_tune_lr or cfg.lr * FT_LR_FACTOR
+    tuner = _tuner(s, head)
     t = time.perf_counter()
-    fh = fine_tune(model, cfg.fine_tune, s.tr_px[idx], s.tr_y[idx], s.va_px, s.va_y, s.spec, cfg.fine_tune_epochs,
-                   lr, cfg.batch_size, 0, min(cfg.patience, 3), cfg.seed, s.console)
-    ft_seconds = time.perf_counter() - t
-    set_fine_tune_layers(model, cfg.fine_tune)  # trainable while fine-tuning: the head + the unfrozen layers
-    n_trainable = _trainable_params(model)
-    freeze_base(model)
-    acc, cm = evaluate(model, s.va_px, s.va_y, s.spec, cfg.batch_size)
-    epochs = len(fh.get("loss", []))
+    fh = tuner.fit(s.tr_px[idx], s.tr_y[idx], s.bottoms["val"], s.va_y, cfg.fine_tune_epochs, cfg.fine_tune_lr,
+                   cfg.batch_size, cfg.seed, s.console)
+    ft_seconds = time.perf_counter() - t + s.bottoms["seconds"]
+    epochs = len(fh["loss"])
     return s.record("fine-tuning", f, idx, {
-        "val_accuracy": acc, "confusion_matrix": cm, "seconds": ra["seconds"] + ft_seconds,
+        "val_accuracy": fh["val_accuracy_after"], "confusion_matrix": fh["confusion_matrix"],
+        **s.test_scores(lambda: tuner.probs(s.bottoms["test"])), "seconds": ra["seconds"] + ft_seconds,
         "seconds_detail": {**ra["seconds_detail"], "fine_tune": round(ft_seconds, 3)},
         "images_seen": ra["images_seen"] + int(epochs * len(idx)), "epochs": ra["epochs"] + epochs,
-        "fine_tune_epochs": epochs, "fine_tune_lr": lr, "unfrozen_layers": fh.get("unfrozen_layers"),
-        "base_passes": int(len(idx) * (1 + epochs)), "trainable_params": n_trainable})
+        "fine_tune_epochs": epochs, "fine_tune_lr": cfg.fine_tune_lr, "cut": tuner.cut,
+        "unfrozen_layers": tuner.layers, "kept": fh["kept"], "best_epoch_fine_tune": fh["best_epoch"],
+        "train_would_skip": too_small(s.tr_y[idx], len(s.classes), len(s.va_y)),
+        "bottom": s.bottoms["status"], "base_passes": ra["base_passes"] + int(len(idx) * epochs),
+        "trainable_params": tuner.trainable_params})
 
 
 def scratch_arm(alpha, size, n_classes, px, y, va_px, va_y, spec, budget: Budget, seconds_cap, cfg: CompareConfig,
-                console) -> dict:
+                console, test=(None, None)) -> dict:
     """MobileNetV2 + the same head from random initialisation, every layer trainable, trained on pixels
     with Adam until the budget (epochs and/or seconds; checked after every batch) is spent. BN moving
     statistics are then re-estimated on the arm's training images (precise BN: with few steps Keras'
     0.999-momentum averages are still near their initial values) and val accuracy measured once on the
-    last weights (no validation-based early stopping or model selection; no augmentation, like the
-    transfer arms' defaults)."""
+    last weights (no validation-based early stopping or model selection; no augmentation), and on the
+    `test` (pixels, labels) split when it has images."""
     _, keras = tf_and_keras()
     set_seed(cfg.seed)
     t0 = time.perf_counter()
@@ -240,7 +287,11 @@ def scratch_arm(alpha, size, n_classes, px, y, va_px, va_y, spec, budget: Budget
     assign_bn_stats(model, estimate_bn_stats(model, px, spec, None, cfg.batch_size, "scratch BN statistics"))
     bn_seconds = time.perf_counter() - t1
     acc, cm = evaluate(model, va_px, va_y, spec, cfg.batch_size)
-    return {"val_accuracy": acc, "confusion_matrix": cm, "seconds": train_seconds + bn_seconds,
+    tested = {}
+    if test[1] is not None and len(test[1]):
+        t_acc, t_cm = evaluate(model, test[0], test[1], spec, cfg.batch_size)
+        tested = {"test_accuracy": t_acc, "test_confusion_matrix": t_cm}
+    return {"val_accuracy": acc, "confusion_matrix": cm, **tested, "seconds": train_seconds + bn_seconds,
             "seconds_detail": {"train": round(train_seconds, 3), "bn_statistics": round(bn_seconds, 3)},
             "images_seen": int(seen["images"]), "epochs": round(seen["batches"] / seen["steps_per_epoch"], 3),
             "base_passes": int(seen["images"] + len(px)), "trainable_params": _trainable_params(model),
@@ -292,7 +343,8 @@ def _report(s: _Session, subsets: dict, t_start: float) -> tuple[dict, list[str]
         "edgetl_version": rundir.edgetl_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "data": str(Path(cfg.data).resolve()), "classes": s.classes, "layout": p.split.layout,
-        "n_train": int(len(s.tr_px)), "n_val": int(len(s.va_px)), "alpha": p.alpha, "image_size": p.image_size,
+        "n_train": int(len(s.tr_px)), "n_val": int(len(s.va_px)), "n_test": int(len(s.te_px)),
+        "test_source": p.split.test_source, "alpha": p.alpha, "image_size": p.image_size,
         "preprocessing": s.spec, "weights": s.weights, "seed": cfg.seed, "config": cfg.as_dict(),
         "fractions": p.fractions, "budget": p.budget.as_dict(),
         "target_accuracy": target, "target_rule": "given (--target)" if cfg.target is not None else

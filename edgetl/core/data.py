@@ -1,4 +1,4 @@
-"""Image folders: class folders, train/val layouts, stratified seeded splits, file lists."""
+"""Image folders: class folders, the train/val/test layouts, stratified seeded splits, file lists."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ CALIBRATION_IMAGES = 200
 TRAIN_NAMES = ("train", "training")
 VAL_NAMES = ("val", "validation", "valid")
 BROKEN_LINK = "broken symlink (its target is missing)"
+TEST_NAMES = ("test", "testing")
+SPLIT_NAMES = {"train": TRAIN_NAMES, "val": VAL_NAMES, "test": TEST_NAMES}
+LAYOUTS = ("DATA/<class>/ (val carved from it), DATA/train/ + DATA/val/ (or validation/), DATA/train/ + DATA/test/ "
+           "(val carved from train/), or DATA/train/ + DATA/val/ + DATA/test/; folder names in any case")
 
 
 @dataclass
@@ -25,8 +29,10 @@ class Split:
     classes: list[str]
     train: list[tuple[str, int]] = field(default_factory=list)
     val: list[tuple[str, int]] = field(default_factory=list)
-    layout: str = "split"  # "split" (train/ and val/ given) or "flat" (edgetl split it)
+    layout: str = "split"  # "split" (train/ and val/ given) or "flat" (edgetl split val off the training images)
     ignored: list[dict] = field(default_factory=list)  # files skipped by name (not image suffixes)
+    test: list[tuple[str, int]] = field(default_factory=list)  # scored once, at the end; never used to choose
+    test_source: str | None = None  # where the test images come from: "test/" (DATA's folder) or "--test DIR"
 
 
 def _entries(folder: Path, what: str) -> list[os.DirEntry]:
@@ -102,16 +108,32 @@ def _files(class_dir: Path, ignored: list[dict]) -> list[Path]:
     return out
 
 
-def find_subdir(root: Path, names) -> Path | None:
-    for n in names:
-        if (root / n).is_dir():
-            return root / n
-    return None
+def _split_folders(root: Path) -> dict[str, Path]:
+    """DATA's train/val/test folders by kind (names matched in any case); {} for a flat folder. A second
+    folder of one kind, a val/ or test/ without train/, or class folders beside them: one error naming the
+    accepted layouts."""
+    found: dict[str, Path] = {}
+    others = []
+    for d in sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name):
+        kind = next((k for k, names in SPLIT_NAMES.items() if d.name.lower() in names), None)
+        if kind is None:
+            others.append(d.name)
+        elif kind in found:
+            raise EdgetlError(f"DATA {root}: both {found[kind].name}/ and {d.name}/ are {kind} folders; "
+                              f"accepted layouts: {LAYOUTS}")
+        else:
+            found[kind] = d
+    if found and (others or "train" not in found):
+        what = (f"{', '.join(n + '/' for n in others[:3])} beside {', '.join(d.name + '/' for d in found.values())}"
+                if others else f"{', '.join(d.name + '/' for d in found.values())} without a train/ folder")
+        raise EdgetlError(f"DATA {root}: {what}; accepted layouts: {LAYOUTS}")
+    return found
 
 
-def scan(data: str | Path, val_split: float = 0.2, seed: int = 0) -> Split:
-    """DATA with train/ and val/ (or validation/) class folders, or a flat folder of class folders
-    (or train/ alone), split into val and train by `val_split`."""
+def scan(data: str | Path, val_split: float = 0.2, seed: int = 0, test: str | Path | None = None) -> Split:
+    """DATA as one of the accepted layouts (LAYOUTS): train/ with val/ (or validation/) and/or test/, or a flat
+    folder of class folders (or train/ alone). Without a val/ folder, `val_split` of each class's training
+    images (stratified, seeded) become val. `test`: another labelled folder to score as the test set."""
     root = Path(data)
     if not root.exists():
         raise EdgetlError(f"DATA {root}: no such folder")
@@ -119,10 +141,39 @@ def scan(data: str | Path, val_split: float = 0.2, seed: int = 0) -> Split:
         raise EdgetlError(f"DATA {root}: not a folder (expected class sub-folders, or train/ and val/)")
     if not 0.0 < val_split < 1.0:
         raise EdgetlError(f"--val-split {val_split}: must be between 0 and 1 (exclusive)")
-    parts = {"train": find_subdir(root, TRAIN_NAMES), "val": find_subdir(root, VAL_NAMES)}
-    if all(d is not None for d in parts.values()):
-        return _given_split(root, parts)
-    return _random_split(parts["train"] or root, val_split, seed)
+    parts = _split_folders(root)
+    if "val" in parts:
+        split = _given_split(root, {"train": parts["train"], "val": parts["val"]})
+    else:
+        split = _random_split(parts.get("train", root), val_split, seed)
+    if "test" in parts:
+        if test is not None:
+            raise EdgetlError(f"--test {test}: DATA {root} has its own {parts['test'].name}/ folder; give one test set")
+        _add_test(split, parts["test"], f"{parts['test'].name}/", f"DATA {root}")
+    elif test is not None:
+        _add_test(split, Path(test), f"--test {test}", f"--test {test}")
+    return split
+
+
+def _add_test(split: Split, folder: Path, source: str, flag: str) -> None:
+    """The test images of `folder` (same class folders as train, each with an image), none of them also a
+    training or val image."""
+    if not folder.is_dir():
+        raise EdgetlError(f"{flag}: no such folder")
+    found = [d.name for d in _class_dirs(folder)]
+    if sorted(found) != sorted(split.classes):
+        raise EdgetlError(f"{flag}: class folders differ between train {split.classes} and {folder.name}/ {found}")
+    for i, c in enumerate(split.classes):
+        files = _files(folder / c, split.ignored)
+        if not files:
+            raise EdgetlError(f"class folder {folder / c} has no images")
+        split.test += [(str(p), i) for p in files]
+    seen = {Path(p).resolve() for p, _ in split.train + split.val}
+    shared = [p for p, _ in split.test if Path(p).resolve() in seen]
+    if shared:
+        raise EdgetlError(f"{flag}: {len(shared)} test image(s) are also training or val images "
+                          f"(e.g. {shared[0]}); the test set must be images never trained or chosen on")
+    split.test_source = source
 
 
 def _given_split(root: Path, parts: dict[str, Path]) -> Split:
@@ -171,7 +222,7 @@ def _random_split(root: Path, val_split: float, seed: int) -> Split:
 
 def _check_classes(root: Path, classes: list[str]) -> None:
     if len(classes) == 0:
-        raise EdgetlError(f"DATA {root}: no class sub-folders found (expected DATA/<class>/*.jpg or DATA/train/<class>/)")
+        raise EdgetlError(f"DATA {root}: no class sub-folders found; accepted layouts: {LAYOUTS}")
     if len(classes) == 1:
         raise EdgetlError(f"DATA {root}: only one class ({classes[0]!r}); need 2 or more class folders")
 

@@ -120,6 +120,38 @@ def augment_image(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(crop.astype(np.float32) * factor, 0, 255).astype(np.uint8)
 
 
+def strong_augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One strong random view of a uint8 (H,W,3) image, drawn fresh every fine-tuning epoch: random-resized
+    crop (35-100 % of the area, aspect 3/4-4/3; the whole image after 10 misses) back to (H,W), horizontal
+    flip, brightness, contrast and saturation each x U(0.8, 1.2)."""
+    import math
+
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    ch, cw = h, w
+    for _ in range(10):
+        area = rng.uniform(0.35, 1.0) * h * w
+        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        tw, th = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+        if tw <= w and th <= h:
+            ch, cw = th, tw
+            break
+    y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    out = img[y0:y0 + ch, x0:x0 + cw]
+    if rng.random() < 0.5:
+        out = out[:, ::-1]
+    out = np.ascontiguousarray(out)
+    if (ch, cw) != (h, w):
+        out = np.asarray(Image.fromarray(out).resize((w, h), Image.BILINEAR))
+    x = out.astype(np.float32) * np.float32(rng.uniform(0.8, 1.2))
+    mean = x.mean()
+    x = (x - mean) * np.float32(rng.uniform(0.8, 1.2)) + mean
+    grey = x.mean(axis=2, keepdims=True)
+    x = (x - grey) * np.float32(rng.uniform(0.8, 1.2)) + grey
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
 def augment_views(pixels: np.ndarray, view: int, seed: int, start: int = 0) -> np.ndarray:
     """View number `view` (1..N) of each image; image i's view depends only on (seed, start+i, view)."""
     out = np.empty_like(pixels)
@@ -130,9 +162,9 @@ def augment_views(pixels: np.ndarray, view: int, seed: int, start: int = 0) -> n
 
 def feature_views(augment: int) -> list[tuple[str, int]]:
     """The order in which base features are computed and stacked, the same on both feature paths (the
-    cached TFLite base and TensorFlow): train originals, val originals, then each augmented train view
+    cached TFLite base and TensorFlow): train originals, val, test, then each augmented train view
     (view 0 = the image itself)."""
-    return [("train", 0), ("val", 0)] + [("train", v) for v in range(1, augment + 1)]
+    return [("train", 0), ("val", 0), ("test", 0)] + [("train", v) for v in range(1, augment + 1)]
 
 
 def view_pixels(pixels: np.ndarray, view: int, seed: int, start: int = 0) -> np.ndarray:

@@ -1,16 +1,20 @@
 """The checks every exported file passes before it is written: its predictions on the run's validation
 images against Keras (float files: probabilities within the registry row's tolerance; int8 files:
 accuracy within --max-drop points, by default the row's tolerance), and for int8 ONNX files (rows with a
-session_tolerance) the same answers on every CPU."""
+session_tolerance) the same answers on every CPU. When the run has a test split, each file's test accuracy
+(and Keras') is recorded beside: reported, never checked against (the checks and choices stay on val)."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
 from ..core.errors import ArtifactCheckError, EdgetlError
 from ..core.formats import Format
+from ..core.images import decode_all, preprocess
+from ..model.predict import predict
 from .context import ExportContext
 from .onnx_int8 import saturation_risks
 
@@ -35,6 +39,7 @@ def parity(ctx: ExportContext, fmt: Format, model: bytes, max_drop: float | None
         "drop_points": round(100.0 * (kacc - acc), 3),
         "seconds": round(time.perf_counter() - t0, 2),
     }
+    res.update(test_scores(ctx, fmt, model, int8))
     if "session_tolerance" in fmt.options:
         res["sessions"] = check_onnx_sessions(fmt, model, probs, ctx.val_x)
     if int8:
@@ -42,6 +47,32 @@ def parity(ctx: ExportContext, fmt: Format, model: bytes, max_drop: float | None
     else:
         _check_probabilities(fmt, res, acc, kacc)
     return res
+
+
+def _test_set(ctx: ExportContext):
+    """(preprocessed test images, labels) of the run's test split still on this machine, decoded once per
+    export; None without any."""
+    if "test-set" not in ctx.cache:
+        items = [(p, y) for p, y in ctx.run.split_items("test") if Path(p).is_file()]
+        pix, y, _, _ = decode_all(items, ctx.size)
+        ctx.cache["test-set"] = (preprocess(pix, ctx.spec), y) if len(y) else None
+    return ctx.cache["test-set"]
+
+
+def test_scores(ctx: ExportContext, fmt: Format, model: bytes, int8: bool) -> dict:
+    """{"test_n", "test_accuracy", "keras_test_accuracy"} of a file on the run's test split ({} without one);
+    Keras' reference as for the val check (the run's model for int8 files, the float graph for float)."""
+    test = _test_set(ctx)
+    if test is None:
+        return {}
+    x, y = test
+    key = "test-keras-int8" if int8 else "test-keras-float"
+    if key not in ctx.cache:
+        ref = ctx.model if int8 and ctx.qat_graph else ctx.float_model  # the model val checks compare against
+        ctx.cache[key] = float((predict(ref, x).argmax(1) == y).mean())
+    probs = fmt.runner_class()(model, fmt).outputs(x)
+    return {"test_n": int(len(y)), "test_accuracy": round(float((probs.argmax(1) == y).mean()), 6),
+            "keras_test_accuracy": round(ctx.cache[key], 6)}
 
 
 def _check_drop(fmt: Format, res: dict, acc: float, kacc: float, max_drop: float) -> None:

@@ -138,25 +138,30 @@ def _print_table(console, ctx: ExportContext, results: dict) -> None:
 
     tab = Table(title=f"edgetl export {ctx.run.path}")
     # file names come from the registry (FORMATS[name].filename); manifest.json lists them with sha256
-    for c in ("format", "size", "of fp32", "accuracy", "agreement", "max |Δp|", "status"):
+    ok = [r["parity"] for r in results.values() if r["status"] == "ok"]
+    test = [f"test acc ({ok[0]['test_n']})"] if ok and "test_accuracy" in ok[0] else []
+    for c in ("format", "size", "of fp32", f"val acc ({len(ctx.val_y)})", *test, "agreement", "max |Δp|", "status"):
         tab.add_column(c, justify="left" if c in ("format", "status") else "right", no_wrap=True)
     y = ctx.val_y
+    kt = {k: f"{100 * ctx.cache[f'test-keras-{k}']:.1f}%" if f"test-keras-{k}" in ctx.cache else "-"
+          for k in ("int8", "float")}
     tab.add_row("keras", _mb(ctx.run.model_path.stat().st_size), "-",
-                f"{100 * float((ctx.keras_probs.argmax(1) == y).mean()):.1f}%", "-", "-",
+                f"{100 * float((ctx.keras_probs.argmax(1) == y).mean()):.1f}%",
+                *([kt["int8"] if ctx.qat_graph or kt["float"] == "-" else kt["float"]] if test else []), "-", "-",
                 "QAT ref" if ctx.qat_graph else "ref")
     if ctx.qat_graph:
         tab.add_row("keras float", "-", "-", f"{100 * float((ctx.float_probs.argmax(1) == y).mean()):.1f}%",
-                    "-", "-", "float")
+                    *([kt["float"]] if test else []), "-", "-", "float")
     notes = []
     for name, r in results.items():
         if r["status"] != "ok":
-            tab.add_row(name, "-", "-", "-", "-", "-", "[red]failed[/]")
+            tab.add_row(name, "-", "-", "-", *(["-"] if test else []), "-", "-", "[red]failed[/]")
             continue
         p, b = r["parity"], r.get("size_budget") or {}
         ref = results.get(FP32_OF[FORMATS[name].suffix], {}).get("bytes") or b.get("fp32_bytes")
         tab.add_row(name, _mb(r["bytes"]), f"{100 * r['bytes'] / ref:.1f}%" if ref else "-",
-                    f"{100 * p['accuracy']:.1f}%", f"{100 * p['agreement']:.1f}%",
-                    f"{p['max_abs_diff']:.2g}", "[green]ok[/]")
+                    f"{100 * p['accuracy']:.1f}%", *([f"{100 * p['test_accuracy']:.1f}%"] if test else []),
+                    f"{100 * p['agreement']:.1f}%", f"{p['max_abs_diff']:.2g}", "[green]ok[/]")
         if b:
             notes += _budget_note(name, b)
     console.print(tab)

@@ -1,4 +1,5 @@
-"""The frozen base as a cached TFLite file, per backbone (alpha, size, weights sha256).
+"""The frozen base as a cached TFLite file, per backbone (alpha, size, weights sha256); and the frozen bottom
+of a fine-tuned base (the layers below the cut), per backbone and cut.
 
 Base features are the only heavy compute of `edgetl train`. TFLite (XNNPACK) runs the frozen base ~3x
 faster than TensorFlow and, unlike TensorFlow, needs nothing imported: with a cached copy the features
@@ -37,17 +38,20 @@ def cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "edgetl"
 
 
-def base_cache_key(weights: dict, alpha: float, image_size: int) -> dict | None:
-    """What identifies a cached base; None when the base has no stable identity (random weights)."""
+def base_cache_key(weights: dict, alpha: float, image_size: int, cut: str | None = None) -> dict | None:
+    """What identifies a cached base (or, with `cut`, the bottom of the base up to that layer); None when
+    the base has no stable identity (random weights)."""
     if not weights.get("sha256"):
         return None
-    return {"kind": "edgetl-base", "version": BASE_CACHE_VERSION, "alpha": float(alpha),
-            "image_size": int(image_size), "pooling": "avg", "weights_sha256": weights["sha256"]}
+    key = {"kind": "edgetl-base", "version": BASE_CACHE_VERSION, "alpha": float(alpha),
+           "image_size": int(image_size), "pooling": "avg", "weights_sha256": weights["sha256"]}
+    return key if cut is None else {**key, "kind": "edgetl-bottom", "cut": cut}
 
 
 def base_cache_path(key: dict) -> Path:
+    cut = f"-{key['cut']}" if key.get("cut") else ""
     return cache_dir() / "bases" / (f"mobilenetv2-a{key['alpha']}-{key['image_size']}-"
-                                    f"{key['weights_sha256'][:16]}.tflite")
+                                    f"{key['weights_sha256'][:16]}{cut}.tflite")
 
 
 def read_base_cache(key: dict) -> tuple[bytes | None, str]:
@@ -71,30 +75,40 @@ def _digest_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def write_base_cache(base, key: dict, check_x: np.ndarray) -> tuple[bytes | None, str]:
-    """Convert the frozen Keras base to TFLite, check it on `check_x` (>= 1 preprocessed image) against
-    the Keras base, store it atomically in the cache. Returns (bytes, "") or (None, why not used)."""
+def tflite_copy(model, check_x: np.ndarray, key: dict | None = None) -> tuple[bytes | None, str]:
+    """A frozen Keras model (the base, or its bottom) converted to TFLite (carrying `key` inside, if given)
+    and checked on `check_x` (>= 1 preprocessed image) against Keras. Returns (bytes, "") or (None, why not
+    usable)."""
     tf, _ = tf_and_keras()
-    size = int(key["image_size"])
+    size = int(check_x.shape[1])
 
     @tf.function(input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32)])
     def serve(x):
-        return base(x, training=False)
+        return model(x, training=False)
 
     try:
         raw = tflite_converter(serve, lower_to_saved_model=False).convert()
-    except Exception as e:  # the TensorFlow features path still works: report and go on without a cache
+    except Exception as e:  # the TensorFlow path still works: report and go on without a copy
         return None, f"TFLite conversion failed ({type(e).__name__})"
-    buf = embed_tflite(bytes(raw), key)
+    buf = embed_tflite(bytes(raw), key) if key is not None else bytes(raw)
     # the reference: the function just traced for the converter (a new tf.function would trace again)
-    want = np.concatenate([np.asarray(serve(check_x[i:i + 1])) for i in range(len(check_x))])
+    want = np.concatenate([np.asarray(serve(check_x[i:i + 1])).reshape(1, -1) for i in range(len(check_x))])
     try:
         got = TFLiteRunner(buf).outputs(check_x)
-    except Exception as e:  # the runtime rejects the file: TensorFlow features instead
+    except Exception as e:  # the runtime rejects the file: TensorFlow instead
         return None, f"TFLite runtime failed ({type(e).__name__}: {str(e)[:120]})"
     diff = float(np.abs(want - got).max())
     if diff > BASE_CACHE_RTOL * max(1.0, float(np.abs(want).max())):
         return None, f"TFLite base differs from Keras by {diff:.2g}: not used"
+    return buf, ""
+
+
+def write_base_cache(base, key: dict, check_x: np.ndarray) -> tuple[bytes | None, str]:
+    """Convert the frozen Keras base (or bottom) to TFLite, check it on `check_x` (>= 1 preprocessed image)
+    against Keras, store it atomically in the cache. Returns (bytes, "") or (None, why not used)."""
+    buf, why = tflite_copy(base, check_x, key)
+    if buf is None:
+        return None, why
     path = base_cache_path(key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

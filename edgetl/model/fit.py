@@ -1,5 +1,5 @@
-"""The training loops train and compare share: the head on cached features (fit_head), fine-tuning the top
-of the base on pixels (fine_tune), and the one Keras Sequence of pixel batches (pixel_batches)."""
+"""The training loops train and compare share: the head on cached features (fit_head) and the one Keras
+Sequence of pixel batches (pixel_batches, compare's from-scratch arm). Fine-tuning is model.finetune."""
 
 from __future__ import annotations
 
@@ -7,29 +7,7 @@ import numpy as np
 
 from ..core.console import progress
 from ..core.images import augment_image, preprocess
-from .bn import bn_layers
-from .graph import HEAD_PREFIX
 from .tfenv import tf_and_keras
-
-
-def _compile(model, lr: float):
-    _, keras = tf_and_keras()
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-
-
-def _epoch_progress(prog, task):
-    """A Keras callback advancing a progress bar by one epoch, with the epoch's loss and val accuracy."""
-    _, keras = tf_and_keras()
-
-    class EpochProgress(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            prog.update(task, advance=1, description=(
-                f"{prog.tasks[task].fields.get('name', 'train')} "
-                f"loss {logs.get('loss', float('nan')):.3f} val_acc {logs.get('val_accuracy', float('nan')):.3f}"))
-
-    return EpochProgress()
 
 
 def fit_head(head_model, train_xy, val_xy, epochs: int = 30, lr: float = 1e-3, batch_size: int = 32,
@@ -96,10 +74,6 @@ def fit_head(head_model, train_xy, val_xy, epochs: int = 30, lr: float = 1e-3, b
     return hist
 
 
-def _history(h: dict) -> dict:
-    return {k: [float(v) for v in vals] for k, vals in h.items()}
-
-
 def pixel_batches(pixels, labels, spec: dict, batch_size: int, seed: int, views: int = 0,
                   order_salt: tuple = (), sorted_batches: bool = False):
     """A Keras Sequence of (preprocessed pixels, labels) batches for model.fit, built per batch (no float
@@ -107,8 +81,7 @@ def pixel_batches(pixels, labels, spec: dict, batch_size: int, seed: int, views:
 
     The order is reshuffled every epoch from (seed, *order_salt, epoch); augmented views are drawn fresh
     every epoch from (seed, image, view, epoch + 1), since the model changes between epochs anyway.
-    sorted_batches reads each batch's images in index order. Fine-tuning and compare's from-scratch arm
-    each keep their own salt and ordering, so their recorded results reproduce.
+    sorted_batches reads each batch's images in index order.
     """
     _, keras = tf_and_keras()
     index = [(i, v) for v in range(views + 1) for i in range(len(pixels))]
@@ -142,65 +115,3 @@ def pixel_batches(pixels, labels, spec: dict, batch_size: int, seed: int, views:
             self.order = self._order()
 
     return PixelBatches()
-
-
-def _head_ids(model) -> set[int]:
-    return {id(layer) for layer in model.layers if layer.name.startswith(HEAD_PREFIX)}
-
-
-def set_fine_tune_layers(model, n_layers: int) -> int:
-    """Make an assembled model ready to fine-tune: the top n_layers of its base trainable (Keras layer
-    order, as base.layers[-n:]) except BatchNormalization, which stays frozen (trainable=False runs BN in
-    inference mode in Keras 2); the head trainable. Returns how many base layers with weights became
-    trainable."""
-    heads = _head_ids(model)
-    base_layers = [layer for layer in model.layers if id(layer) not in heads]
-    counted = [layer for layer in base_layers if layer.__class__.__name__ != "InputLayer"]
-    top_ids = {id(layer) for layer in (counted[-n_layers:] if n_layers else [])}
-    bns = {id(b) for b in bn_layers(model)}
-    n = 0
-    for layer in base_layers:
-        layer.trainable = id(layer) in top_ids and id(layer) not in bns
-        n += int(layer.trainable and bool(layer.weights))
-    for layer in model.layers:
-        if id(layer) in heads:
-            layer.trainable = True
-    return n
-
-
-def freeze_base(model) -> None:
-    """Every layer frozen except the head's (how an assembled model is saved and evaluated)."""
-    heads = _head_ids(model)
-    for layer in model.layers:
-        layer.trainable = id(layer) in heads
-
-
-def fine_tune(model, n_layers: int, train_px, train_y, val_px, val_y, spec: dict, epochs: int = 5,
-              lr: float = 5e-5, batch_size: int = 32, augment: int = 0, patience: int = 3, seed: int = 0,
-              console=None) -> dict:
-    """Fine-tune the assembled model: top n_layers base layers trainable, BN in inference mode,
-    head trainable; early stopping on val loss, best weights restored; the model is left with only its
-    head trainable."""
-    _, keras = tf_and_keras()
-    unfrozen = set_fine_tune_layers(model, n_layers)
-    _compile(model, lr)
-    seq = pixel_batches(train_px, train_y, spec, batch_size, seed, views=augment, order_salt=(7919,))
-    val = (preprocess(val_px, spec), val_y)
-    loss_before = float(model.evaluate(val[0], val[1], batch_size=batch_size, verbose=0)[0])
-    weights_before = model.get_weights()
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
-    with progress(console) as prog:
-        task = prog.add_task("fine-tune", total=epochs, name="fine-tune")
-        h = model.fit(seq, validation_data=val, epochs=epochs, batch_size=batch_size, verbose=0, shuffle=False,
-                      callbacks=[stop, _epoch_progress(prog, task)])
-    hist = _history(h.history)
-    hist["val_loss_before"] = loss_before
-    # early stopping also covers "epoch 0": if no fine-tuning epoch beat the val loss the head reached,
-    # keep the weights from before fine-tuning
-    hist["kept_weights_before"] = bool(min(hist["val_loss"]) >= loss_before)
-    if hist["kept_weights_before"]:
-        model.set_weights(weights_before)
-    freeze_base(model)
-    hist["best_epoch"] = 0 if hist["kept_weights_before"] else int(stop.best_epoch) + 1
-    hist["unfrozen_layers"] = unfrozen
-    return hist

@@ -13,16 +13,14 @@ from ..core.errors import EdgetlError
 from ..core.outdir import check_out
 from ..core.rundir import META_FILE
 from .backbone import check_backbone_options
+from .finetune import BASE_LAYERS, DEFAULT_CUT, fine_tune_cut
 from .graph import HEADS
 
 DEFAULT_ALPHA = 1.0
 DEFAULT_SIZE = 224
-# Keras MobileNetV2(include_top=False, pooling="avg") has 154 layers after its input, for every alpha
-# and size; --fine-tune LAYERS counts from the top of base.layers (as in Keras' transfer-learning guide).
-BASE_LAYERS = 154
-FT_LR_FACTOR = 0.05  # default fine-tuning lr: 20x lower than the head's
 MAX_SEED = 2**32 - 1  # numpy's and Python's seeding accept any such integer, TensorFlow's too
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+MAX_AUGMENT = 32
 
 
 @dataclass
@@ -36,18 +34,22 @@ class Recipe:
     image_size: int | None = opt(None, "Input size in px, 96-224 (default 224; with --from: the run's)")
     weights: str = opt("imagenet", "'imagenet' (Keras cache/download or $EDGETL_WEIGHTS_DIR), a .h5 path, or "
                                    "'random'")
-    epochs: int = opt(30, "Head epochs on cached features (early stopping on val loss)")
+    epochs: int = opt(100, "Head epochs on cached features (at most: early stopping on val loss)")
     batch_size: int = opt(32, "Batch size")
     lr: float = opt(1e-3, "Head learning rate (Adam)")
-    dropout: float = opt(0.2, "Dropout before the head's dense layer(s)")
+    dropout: float = opt(0.5, "Dropout before the head's dense layer(s)")
     head: str = opt("linear", "'linear' (dropout + dense softmax) or 'dense128' (the seed's Dense(128, relu) + "
                               "softmax)")
-    patience: int = opt(5, "Early-stopping patience (epochs without val-loss improvement)")
-    fine_tune: int = opt(0, "Unfreeze the top LAYERS of the base after the head converges (BatchNorm stays "
-                            "frozen); 0 = off", metavar="LAYERS")
-    fine_tune_epochs: int = opt(5, "Fine-tuning epochs")
-    fine_tune_lr: float | None = opt(None, "Fine-tuning learning rate (default: --lr / 20)")
-    val_split: float = opt(0.2, "Validation fraction for a flat DATA folder")
+    patience: int = opt(10, "Early-stopping patience (epochs without val-loss improvement)")
+    augment: int = opt(2, "N extra augmented views per training image for the head (flip/crop/brightness), cached")
+    fine_tune: str = opt("off", f"Fine-tune the top of the base after the head: 'on' (the top {DEFAULT_CUT[1]} "
+                                f"layers, blocks 13-16), LAYERS (the top LAYERS of the base's {BASE_LAYERS}, "
+                                "rounded to a block boundary) or 'off'", metavar="on|LAYERS|off")
+    fine_tune_epochs: int = opt(8, "Fine-tuning epochs (1 of warm-up, then a cosine learning-rate decay)")
+    fine_tune_lr: float = opt(1e-4, "Fine-tuning peak learning rate (Adam)")
+    fine_tune_any_size: bool = opt(False, "Fine-tune even data too small for it to gain (tests, measurements)",
+                                   cli=False)
+    val_split: float = opt(0.2, "Validation fraction carved from the training images when DATA has no val/")
     seed: int = opt(0, "Random seed (same seed + data -> same result)")
     overwrite: bool = opt(False, "Replace an existing --out folder that edgetl wrote (or an empty one)", "--overwrite")
     verbose: bool = opt(False, "Show TensorFlow's native log lines on stderr", "--verbose")
@@ -69,12 +71,12 @@ def check_recipe(r: Recipe, marker: str = META_FILE) -> None:
     if r.head not in HEADS:
         raise EdgetlError(f"--head {r.head}: accepted values are {', '.join(HEADS)}")
     for flag, v, lo in (("--epochs", r.epochs, 1), ("--batch-size", r.batch_size, 1), ("--patience", r.patience, 1),
-                        ("--fine-tune", r.fine_tune, 0), ("--fine-tune-epochs", r.fine_tune_epochs, 1),
+                        ("--fine-tune-epochs", r.fine_tune_epochs, 1), ("--augment", r.augment, 0),
                         ("--workers", r.workers, 1)):
         check_int(flag, v, lo)
-    if r.fine_tune > BASE_LAYERS:
-        raise EdgetlError(f"--fine-tune {r.fine_tune}: MobileNetV2's base has {BASE_LAYERS} layers; "
-                          f"use 1-{BASE_LAYERS} (e.g. 20-40 to tune the last blocks) or 0 for off")
+    if r.augment > MAX_AUGMENT:
+        raise EdgetlError(f"--augment {r.augment}: at most {MAX_AUGMENT} extra views per image")
+    fine_tune_cut(r.fine_tune)
     for flag, v in (("--lr", r.lr), ("--fine-tune-lr", r.fine_tune_lr)):
         if v is not None and not 0 < v < 1:
             raise EdgetlError(f"{flag} {v}: must be between 0 and 1")

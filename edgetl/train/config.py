@@ -18,7 +18,8 @@ QAT_LOSSES = ("distill", "labels")  # --qat-loss: QAT fine-tunes towards the flo
 class TrainConfig(Recipe):
     """Every `edgetl train` option (recorded verbatim in edgetl.json["config"])."""
 
-    augment: int = opt(0, "N extra augmented views per training image (flip/crop/brightness), cached")
+    test: str | None = opt(None, "Labelled folder DIR/<class>/ scored once at the end as the test set (DATA's own "
+                                 "test/ folder is used without it)")
     from_run: str | None = opt(None, "Continue from a trained RUN (same classes)", "--from")
     qat: bool = opt(False, "Quantization-aware training after the float phases", "--qat")
     qat_epochs: int = opt(5, "QAT fine-tuning epochs")
@@ -51,10 +52,7 @@ class TrainResult:
 def validate(cfg: TrainConfig) -> Prepared:
     """Check every option and scan DATA; raise EdgetlError naming the flag/file. Never imports TF."""
     check_recipe(cfg)
-    for flag, v, lo in (("--augment", cfg.augment, 0), ("--qat-epochs", cfg.qat_epochs, 1)):
-        check_int(flag, v, lo)
-    if cfg.augment > 32:
-        raise EdgetlError(f"--augment {cfg.augment}: at most 32 extra views per image")
+    check_int("--qat-epochs", cfg.qat_epochs, 1)
     if not (0 < cfg.qat_lr < 1):
         raise EdgetlError(f"--qat-lr {cfg.qat_lr}: must be between 0 and 1")
     if cfg.qat_loss not in QAT_LOSSES:
@@ -64,7 +62,7 @@ def validate(cfg: TrainConfig) -> Prepared:
         from_meta, alpha, size = _check_from(cfg)
     else:
         alpha, size = check_backbone(alpha, size, cfg.weights)
-    split = datamod.scan(cfg.data, cfg.val_split, cfg.seed)
+    split = datamod.scan(cfg.data, cfg.val_split, cfg.seed, cfg.test)
     if from_meta is not None and list(split.classes) != list(from_meta["classes"]):
         raise EdgetlError(f"--from {cfg.from_run}: class names differ: DATA has {split.classes}, "
                           f"the run has {list(from_meta['classes'])}")

@@ -20,15 +20,18 @@ from ..core import images
 from ..core.images import collect, decode_item, feature_views, view_pixels
 from ..core.runtime import TFLiteRunner
 
+PARTS = ("train", "val", "test")
+
 
 class TFLiteFailed(Exception):
     """The cached TFLite base failed on this machine's runtime: the caller computes features with TensorFlow."""
 
 
 class FeaturePipeline:
-    """Decode `items` (train items first, then val), then compute the frozen base's features of every view
-    (train originals, val, then `augment` seeded views of the training images, as core.images.feature_views
-    orders them) with the base's TFLite copy, in chunks of CHUNK images on the thread pool.
+    """Decode `items` (train items first, then val, then test: n_train and n_val of them, the rest test), then
+    compute the frozen base's features of every view (train originals, val, test, then `augment` seeded views
+    of the training images, as core.images.feature_views orders them) with the base's TFLite copy, in chunks
+    of CHUNK images on the thread pool.
 
     Features start as soon as the images are decoded when the TFLite base is given up front (`base`: a
     cached copy), else when `start_features(base)` is called (after the main thread made the copy). Without
@@ -40,8 +43,9 @@ class FeaturePipeline:
     DECODE_CHUNK = 8  # images per decoding task
 
     def __init__(self, items, n_train: int, size: int, spec: dict, augment: int, seed: int, workers: int = 2,
-                 base: bytes | None = None, on_decoded=None, on_features=None):
+                 base: bytes | None = None, on_decoded=None, on_features=None, n_val: int | None = None):
         self.items, self.n_train, self.size, self.spec = list(items), n_train, size, spec
+        self.n_val = len(self.items) - n_train if n_val is None else n_val
         self.augment, self.seed = augment, seed
         self.on_decoded, self.on_features = on_decoded, on_features
         self.seconds = 0.0  # thread time spent computing features (all threads)
@@ -74,13 +78,15 @@ class FeaturePipeline:
         return out
 
     def decoded(self):
-        """((train pixels, labels, paths, skipped), (val ...)): the calling thread decodes what the pool has
-        not started, waits for the rest, and the arrays are stacked once (features and caller share them)."""
+        """((train pixels, labels, paths, skipped), (val ...), (test ...)): the calling thread decodes what the
+        pool has not started, waits for the rest, and the arrays are stacked once (features and caller share
+        them)."""
         with self._lock:
             if self._split is None:
                 results = [r for chunk in _run_here(self._decodes, self._decode) for r in chunk]
-                n, size = self.n_train, self.size
-                self._split = (collect(self.items[:n], results[:n], size), collect(self.items[n:], results[n:], size))
+                a, b = self.n_train, self.n_train + self.n_val
+                self._split = tuple(collect(self.items[i:j], results[i:j], self.size)
+                                    for i, j in ((0, a), (a, b), (b, len(self.items))))
             return self._split
 
     # -- features ---------------------------------------------------------------------------------------
@@ -90,8 +96,7 @@ class FeaturePipeline:
         front, else by the caller."""
         if base is None:
             return
-        (tr_px, *_), (va_px, *_) = self.decoded()
-        n = {"train": len(tr_px), "val": len(va_px)}
+        n = {which: len(part[0]) for which, part in zip(PARTS, self.decoded())}
         self._base = base
         self._tasks = {(which, v, s): self._pool.submit(self._features, which, v, s)
                        for which, v in feature_views(self.augment) for s in range(0, n[which], self.CHUNK)}
@@ -104,7 +109,7 @@ class FeaturePipeline:
 
     def _features(self, which: str, view: int, start: int) -> np.ndarray:
         t = time.perf_counter()
-        pixels = self.decoded()[0 if which == "train" else 1][0]
+        pixels = self.decoded()[PARTS.index(which)][0]
         px = view_pixels(pixels[start:start + self.CHUNK], view, self.seed, start)
         x = images.preprocess(px, self.spec)
         try:
@@ -118,8 +123,9 @@ class FeaturePipeline:
             self.on_features(len(px))
         return out
 
-    def features(self) -> tuple[np.ndarray, np.ndarray]:
-        """(train features: originals then each augmented view, val features). The calling thread computes
+    def features(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(train features: originals then each augmented view, val features, test features). The calling
+        thread computes
         the chunks the pool has not started. Raises TFLiteFailed (after cancelling the rest) if the TFLite
         base failed."""
         self.started()
@@ -137,7 +143,7 @@ class FeaturePipeline:
             arrs = [o for k, o in by_key.items() if k[0] == which]
             return np.concatenate(arrs) if arrs else np.zeros((0, n_feat), np.float32)
 
-        return cat("train"), cat("val")
+        return cat("train"), cat("val"), cat("test")
 
 
 def _run_here(tasks: dict[tuple, Future], fn) -> list:

@@ -3,7 +3,9 @@ quantization-aware training and BatchNorm adaptation; writes the run directory.
 
 The phases, in order (`_train`): decode the images and compute their base features while TensorFlow
 imports, build the model, adapt BatchNorm (--adapt-bn), base features through TensorFlow when the cached
-TFLite base is not used, train the head, fine-tune (--fine-tune), QAT (--qat), write the run.
+TFLite base is not used, train the head, fine-tune (--fine-tune), QAT (--qat), score the test split, write
+the run. Every choice (early stopping, the best epoch, keeping fine-tuning or QAT) is made on val; the test
+split (DATA's test/ folder, or --test DIR) is scored once, at the end, and never used to choose anything.
 
 Where the time goes (hymenoptera, alpha 0.35, 224 px, 2 cores, ~5.4 s in all): the main thread
 imports TensorFlow (~2.4 s) and builds the Keras base (~1.1 s) while a thread pool decodes the images
@@ -29,16 +31,17 @@ from ..core.images import feature_views, view_pixels
 from ..core.plots import PlotProcess
 from ..model import backbone, basecache
 from ..model.bn import calibrate_random_bn
-from ..model.fit import fine_tune, fit_head
+from ..model.finetune import TopTuner, fine_tune_cut, too_small
+from ..model.fit import fit_head
 from ..model.graph import assemble, build_head, split_model
 from ..model.load import load_run_model
-from ..model.predict import evaluate, evaluate_head, predict, predict_pixels
-from ..model.recipe import FT_LR_FACTOR
+from ..model.predict import evaluate, evaluate_head, predict, predict_pixels, scores
 from ..model.tfenv import set_seed, tf_and_keras
 from .adapt import adapt_bn, adapt_info as adapt_info_of, source_pixels
 from .config import Prepared, TrainConfig, TrainResult, validate
 from .features import FeaturePipeline, TFLiteFailed
 from .qat import qat_phase
+from .summary import print_summary
 
 
 @dataclass
@@ -54,17 +57,22 @@ class _Session:
     timings: dict = field(default_factory=dict)
     weights: dict = field(default_factory=lambda: {"source": "run", "path": None, "sha256": None})
     features: dict = field(default_factory=lambda: {"engine": "tensorflow", "base_cache": None})
-    # decoded images: pixels, labels, paths of train and val; files skipped
+    # decoded images: pixels, labels, paths of train, val and test; files skipped
     tr_px: np.ndarray | None = None
     tr_y: np.ndarray | None = None
     tr_paths: list = field(default_factory=list)
     va_px: np.ndarray | None = None
     va_y: np.ndarray | None = None
     va_paths: list = field(default_factory=list)
+    te_px: np.ndarray | None = None
+    te_y: np.ndarray | None = None
+    te_paths: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
-    # base features of the training views and of the val images (None until computed)
+    # base features of the training views, of the val and of the test images (None until computed)
     f_tr: np.ndarray | None = None
     f_va: np.ndarray | None = None
+    f_te: np.ndarray | None = None
+    tuner: TopTuner | None = None  # the fine-tuned top, when fine-tuning was kept
     base: object = None
     head_model: object = None
     model: object = None
@@ -119,15 +127,18 @@ def _train(cfg: TrainConfig, console, prepared: Prepared | None, cleanup: contex
     cleanup.callback(plotter.close)
     _head(s)
     s.lap("head")
-    if cfg.fine_tune:
+    if fine_tune_cut(cfg.fine_tune) is not None:
         _fine_tune(s)
         s.lap("fine_tune")
     if cfg.qat:
         _qat(s)
         s.lap("qat")
+    if len(s.te_y):
+        _score_test(s)
+        s.lap("test")
     meta = _meta(s)
     out = _write_run(s, meta, plotter)
-    _summary(console, out, meta)
+    print_summary(console, out, meta)
     return TrainResult(out, meta, s.timings)
 
 
@@ -149,21 +160,21 @@ def _decode_and_features(s: _Session) -> None:
         cached, why = basecache.read_base_cache(key)
         s.features = {"engine": "tflite", "base_cache": str(basecache.base_cache_path(key)),
                       "base_cache_status": "hit" if cached else why}
-    n_tr = len(split.train)
+    n_tr, n_eval = len(split.train), len(split.val) + len(split.test)
     with progress(s.console) as prog:
-        t_dec = prog.add_task("decode images", total=n_tr + len(split.val))
-        t_feat = prog.add_task(f"base features ({s.views})", total=n_tr * (1 + cfg.augment) + len(split.val),
+        t_dec = prog.add_task("decode images", total=n_tr + n_eval)
+        t_feat = prog.add_task(f"base features ({s.views})", total=n_tr * (1 + cfg.augment) + n_eval,
                                visible=key is not None)
-        with FeaturePipeline(split.train + split.val, n_tr, p.image_size, s.spec, cfg.augment, cfg.seed,
-                             cfg.workers, cached, on_decoded=lambda: prog.advance(t_dec),
-                             on_features=lambda n: prog.advance(t_feat, n)) as pipe:
+        with FeaturePipeline(split.train + split.val + split.test, n_tr, p.image_size, s.spec, cfg.augment,
+                             cfg.seed, cfg.workers, cached, on_decoded=lambda: prog.advance(t_dec),
+                             on_features=lambda n: prog.advance(t_feat, n), n_val=len(split.val)) as pipe:
             tf_and_keras()
             s.lap("import_tensorflow")
             if key is not None:  # build while the pipeline finishes decoding and features (no bar of its own)
                 _base_model(s)
                 s.lap("build_model")
             _take_decoded(s, pipe.decoded())  # this thread decodes what is left
-            prog.update(t_feat, total=len(s.tr_px) * (1 + cfg.augment) + len(s.va_px))
+            prog.update(t_feat, total=len(s.tr_px) * (1 + cfg.augment) + len(s.va_px) + len(s.te_px))
             s.lap("decode")  # decoding left by then (the rest ran during the import)
             if key is not None and cached is None:  # first run on this backbone: cache its base
                 pipe.start_features(_cache_base(s, key))
@@ -174,8 +185,9 @@ def _decode_and_features(s: _Session) -> None:
 
 def _take_decoded(s: _Session, decoded) -> None:
     """Keep the decoded images; every class needs a decodable image in train and in val."""
-    (s.tr_px, s.tr_y, s.tr_paths, tr_skip), (s.va_px, s.va_y, s.va_paths, va_skip) = decoded
-    s.skipped = list(s.p.split.ignored) + tr_skip + va_skip
+    (s.tr_px, s.tr_y, s.tr_paths, tr_skip), (s.va_px, s.va_y, s.va_paths, va_skip), \
+        (s.te_px, s.te_y, s.te_paths, te_skip) = decoded
+    s.skipped = list(s.p.split.ignored) + tr_skip + va_skip + te_skip
     for name, ys in (("train", s.tr_y), ("val", s.va_y)):
         missing = [c for i, c in enumerate(s.p.split.classes) if not (ys == i).any()]
         if missing:
@@ -197,7 +209,7 @@ def _cache_base(s: _Session, key: dict) -> bytes | None:
 def _tflite_features(s: _Session, pipe: FeaturePipeline) -> None:
     """The pipeline's features (this thread computes its share); on a TFLite failure, a note and none."""
     try:
-        s.f_tr, s.f_va = pipe.features()
+        s.f_tr, s.f_va, s.f_te = pipe.features()
         s.features["thread_seconds"] = round(pipe.seconds, 3)
     except TFLiteFailed as e:
         s.features.update(engine="tensorflow", base_cache_status=f"failed: {e}")
@@ -248,9 +260,11 @@ def _adapt(s: _Session) -> None:
 def _tensorflow_features(s: _Session) -> None:
     """Base features of every view through the Keras base (the same order as the TFLite pipeline's)."""
     cfg = s.cfg
-    px, out = {"train": s.tr_px, "val": s.va_px}, {"train": [], "val": []}
+    px = {"train": s.tr_px, "val": s.va_px, "test": s.te_px}
+    out: dict = {which: [] for which in px}
     with progress(s.console) as prog:
-        task = prog.add_task(f"base features ({s.views})", total=len(s.tr_px) * (1 + cfg.augment) + len(s.va_px))
+        task = prog.add_task(f"base features ({s.views})",
+                             total=len(s.tr_px) * (1 + cfg.augment) + len(s.va_px) + len(s.te_px))
         for which, v in feature_views(cfg.augment):
             step = 256 if v else max(len(px[which]), 1)  # augmented views in chunks: bounded memory
             for st in range(0, len(px[which]), step):
@@ -258,6 +272,7 @@ def _tensorflow_features(s: _Session) -> None:
                                                  s.spec, cfg.feature_batch,
                                                  progress=lambda n: prog.advance(task, n)))
     s.f_tr, s.f_va = np.concatenate(out["train"]), np.concatenate(out["val"])
+    s.f_te = np.concatenate(out["test"]) if out["test"] else np.zeros((0, s.f_tr.shape[1]), np.float32)
 
 
 def _head(s: _Session) -> None:
@@ -275,30 +290,45 @@ def _head(s: _Session) -> None:
 
 
 def _fine_tune(s: _Session) -> None:
-    """Fine-tune the top --fine-tune layers of the base on pixels."""
-    cfg = s.cfg
-    n_base = sum(1 for layer in s.base.layers if layer.__class__.__name__ != "InputLayer")
-    if cfg.fine_tune > n_base:  # validate() checks BASE_LAYERS before any work; this guards --from models
-        raise EdgetlError(f"--fine-tune {cfg.fine_tune}: the base has only {n_base} layers")
-    lr = cfg.fine_tune_lr or cfg.lr * FT_LR_FACTOR
-    h = s.history["fine_tune"] = fine_tune(s.model, cfg.fine_tune, s.tr_px, s.tr_y, s.va_px, s.va_y, s.spec,
-                                           cfg.fine_tune_epochs, lr, cfg.batch_size, cfg.augment,
-                                           min(cfg.patience, 3), cfg.seed, s.console)
-    acc, cm = evaluate(s.model, s.va_px, s.va_y, s.spec, cfg.feature_batch)
-    s.metrics["fine_tune"] = {"val_accuracy_before": s.acc, "val_accuracy_after": acc, "confusion_matrix": cm,
-                              "layers": cfg.fine_tune, "lr": lr, "unfrozen_layers": h["unfrozen_layers"],
-                              "kept_weights_before": h["kept_weights_before"]}
-    note = (" (no epoch improved the val loss: kept the weights from before fine-tuning)"
-            if h["kept_weights_before"] else "")
-    s.console.print(f"fine-tune top {cfg.fine_tune} layers: val accuracy {s.acc:.3f} -> [bold]{acc:.3f}[/]{note}")
-    s.acc, s.cm = acc, cm
+    """Fine-tune the top of the base (model.finetune), or say in one line why not on data this small."""
+    cfg, p = s.cfg, s.p
+    cut, _ = fine_tune_cut(cfg.fine_tune)
+    skip = None if cfg.fine_tune_any_size else too_small(s.tr_y, len(p.split.classes), len(s.va_y))
+    if skip:
+        s.console.print(skip, highlight=False)
+        s.metrics["fine_tune"] = {"skipped": skip}
+        return
+    key = None
+    if cfg.base_cache and p.from_meta is None and not cfg.adapt_bn:  # the backbone as published: cached
+        key = basecache.base_cache_key(s.weights, p.alpha, p.image_size, cut)
+    tuner = TopTuner(s.base, s.head_model, cut, s.spec, cfg.workers)
+    bottom = tuner.bottom.make_copy(key, images.preprocess(s.tr_px[:4], s.spec))
+    h = tuner.fit(s.tr_px, s.tr_y, tuner.bottom_outputs(s.va_px), s.va_y, cfg.fine_tune_epochs, cfg.fine_tune_lr,
+                  cfg.batch_size, cfg.seed, s.console)
+    s.history["fine_tune"] = {k: h[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_loss_before",
+                                                "kept")}
+    s.history["fine_tune"]["best_epoch"] = h["best_epoch"] if h["kept"] else 0  # 0: the weights from before
+    s.metrics["fine_tune"] = {
+        "val_accuracy_before": s.acc, "val_accuracy_after": h["val_accuracy_after"] if h["kept"] else s.acc,
+        "confusion_matrix": h["confusion_matrix"] if h["kept"] else s.cm, "kept": h["kept"],
+        "best_epoch": h["best_epoch"], "cut": cut, "layers": tuner.layers, "lr": cfg.fine_tune_lr,
+        "epochs": cfg.fine_tune_epochs, "trainable_params": tuner.trainable_params, "bottom": bottom,
+        "bottom_cache": str(basecache.base_cache_path(key)) if key else None,
+        "waited_for_bottom_seconds": h["waited_for_bottom_seconds"]}
+    if h["kept"]:
+        s.console.print(f"fine-tune {tuner.layers} layers above {cut}: val accuracy {s.acc:.3f} -> "
+                        f"[bold]{h['val_accuracy_after']:.3f}[/] (epoch {h['best_epoch']})")
+        s.acc, s.cm, s.tuner = h["val_accuracy_after"], h["confusion_matrix"], tuner
+    else:
+        s.console.print(f"fine-tuning kept out: not better on val (best epoch {h['best_epoch']}: val accuracy "
+                        f"{h['val_accuracy'][h['best_epoch'] - 1]:.3f}, frozen head {s.acc:.3f})")
 
 
 def _qat(s: _Session) -> None:
     """Quantization-aware training (train.qat): the float model stays the run's model; the QAT model is
     kept beside it, and edgetl.json says which of the two the int8 files come from."""
     teacher = float_val = None
-    if not s.cfg.fine_tune:  # the base is the frozen one: the head on the cached features is the float model
+    if s.tuner is None:  # the base is the frozen one: the head on the cached features is the float model
         teacher = predict(s.head_model, s.f_tr[:len(s.tr_px)])
         float_val = predict(s.head_model, s.f_va)
     s.qat_model, s.qat_info = qat_phase(s.model, (s.tr_px, s.tr_y), (s.va_px, s.va_y), s.spec, s.cfg, s.console,
@@ -309,11 +339,23 @@ def _qat(s: _Session) -> None:
                         "int8_source": s.qat_info["int8_source"]}
 
 
+def _score_test(s: _Session) -> None:
+    """The run's (float) model on the test split, once: the same way its val accuracy was measured (the head
+    on base features; the fine-tuned top on bottom outputs). Its int8 files are scored by export."""
+    if s.tuner is not None:
+        probs = s.tuner.probs(s.tuner.bottom_outputs(s.te_px))
+    else:
+        probs = np.asarray(s.head_model(s.f_te, training=False))
+    acc, cm = scores(probs, s.te_y)
+    s.metrics.update({"test_accuracy": acc, "test_confusion_matrix": cm})
+
+
 def _meta(s: _Session) -> dict:
     """edgetl.json (timings is the live dict: "save" and "total" are added while the run is written)."""
     cfg, split, size = s.cfg, s.p.split, s.p.image_size
     s.metrics.update({"val_accuracy": s.acc, "confusion_matrix": s.cm, "n_train": int(len(s.tr_px)),
-                      "n_val": int(len(s.va_px)), "n_train_views": int(len(s.f_tr)), "n_skipped": len(s.skipped)})
+                      "n_val": int(len(s.va_px)), "n_test": int(len(s.te_px)), "n_train_views": int(len(s.f_tr)),
+                      "n_skipped": len(s.skipped)})
     return {
         "edgetl_version": rundir.edgetl_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -328,7 +370,10 @@ def _meta(s: _Session) -> dict:
                   "val_split": cfg.val_split if split.layout == "flat" else None,
                   # the images the model was trained / validated on (skipped files are under "skipped")
                   "train": [[str(Path(pth).resolve()), int(y)] for pth, y in zip(s.tr_paths, s.tr_y)],
-                  "val": [[str(Path(pth).resolve()), int(y)] for pth, y in zip(s.va_paths, s.va_y)]},
+                  "val": [[str(Path(pth).resolve()), int(y)] for pth, y in zip(s.va_paths, s.va_y)],
+                  # scored once at the end (export and bench score them too); never used to choose
+                  "test": [[str(Path(pth).resolve()), int(y)] for pth, y in zip(s.te_paths, s.te_y)],
+                  "test_source": split.test_source},
         "skipped": s.skipped,
         "history": s.history,
         "metrics": s.metrics,
@@ -362,35 +407,3 @@ def _write_run(s: _Session, meta: dict, plotter: PlotProcess) -> Path:
         s.timings["total"] = round(time.perf_counter() - s.start, 3)
         rundir.write_json(tmp / rundir.META_FILE, meta)
     return out
-
-
-def _summary(console, out: Path, meta: dict) -> None:
-    from rich.table import Table
-
-    m, tm = meta["metrics"], meta["timings"]
-    tab = Table(title=f"edgetl train -> {out}", show_header=True)
-    tab.add_column("")
-    tab.add_column("value", justify="right")
-    if meta.get("from_run"):
-        tab.add_row("val accuracy before update (--from)", f"{meta['from_run']['val_accuracy_before']:.3f}")
-    if (meta.get("adapt") or {}).get("val_accuracy_after") is not None:
-        tab.add_row("val accuracy after --adapt-bn (no labels)", f"{meta['adapt']['val_accuracy_after']:.3f}")
-    tab.add_row("val accuracy (head)", f"{m['head']['val_accuracy']:.3f}")
-    if "fine_tune" in m:
-        tab.add_row("val accuracy (fine-tuned)", f"{m['fine_tune']['val_accuracy_after']:.3f}")
-    tab.add_row("[bold]val accuracy", f"[bold]{m['val_accuracy']:.3f}")
-    if "qat" in m:
-        q = m["qat"]
-        tab.add_row("val accuracy int8, post-training (TFLite)", f"{q['val_accuracy_ptq_int8']:.3f}")
-        tab.add_row("val accuracy int8, QAT (TFLite)", f"{q['val_accuracy_qat_int8']:.3f}")
-        tab.add_row("int8 files exported from", "QAT model" if q["int8_source"] == "qat" else "float model (PTQ)")
-    tab.add_row("images train / val (train views)", f"{m['n_train']} / {m['n_val']} ({m['n_train_views']})")
-    tab.add_row("skipped files", str(m["n_skipped"]))
-    for k, v in tm.items():
-        tab.add_row(f"time {k}", f"{v:.1f} s")
-    console.print(tab)
-    for f in meta["skipped"][:10]:
-        console.print(f"  skipped {f['file']}: {f['reason']}", highlight=False, soft_wrap=True)
-    if len(meta["skipped"]) > 10:
-        console.print(f"  ... {len(meta['skipped']) - 10} more in {out / rundir.META_FILE}")
-    console.print(f"next: [bold]edgetl export {out} --int8[/]", highlight=False, soft_wrap=True)

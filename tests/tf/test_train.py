@@ -52,9 +52,13 @@ def test_run_directory_contents_and_metadata(tiny_run):
     assert meta["weights"]["source"] == "random" and meta["weights"]["bn_statistics_from_images"] == 16
     assert meta["features"] == {"engine": "tensorflow", "base_cache": None}  # random weights: no cached base
     assert meta["config"]["epochs"] == 8 and meta["config"]["head"] == "linear"
+    # the defaults every run records: dropout 0.5, patience 10, two cached augmented views, no fine-tuning
+    c = meta["config"]
+    assert (c["dropout"], c["patience"], c["augment"], c["fine_tune"], c["test"]) == (0.5, 10, 2, "off", None)
     sp = meta["split"]
     assert sp["layout"] == "split" and sp["data_root"] == str(_data(tiny_run).resolve()) and sp["val_split"] is None
-    assert len(sp["train"]) == 16 and len(sp["val"]) == 8
+    assert len(sp["train"]) == 16 and len(sp["val"]) == 8 and sp["test"] == [] and sp["test_source"] is None
+    assert "test_accuracy" not in meta["metrics"]  # no test split: no test score
     assert all(Path(p).is_absolute() and Path(p).is_file() for p, _ in sp["train"] + sp["val"])
     h = meta["history"]["head"]
     assert 1 <= len(h["loss"]) <= 8 and len(h["val_loss"]) == len(h["loss"]) == len(h["val_accuracy"])
@@ -66,7 +70,7 @@ def test_run_directory_contents_and_metadata(tiny_run):
     assert cm.shape == (2, 2) and cm.sum() == 8
     assert np.trace(cm) / 8 == pytest.approx(meta["metrics"]["val_accuracy"])
     m = meta["metrics"]
-    assert (m["n_train"], m["n_val"], m["n_train_views"], m["n_skipped"]) == (16, 8, 16, 0)
+    assert (m["n_train"], m["n_val"], m["n_train_views"], m["n_skipped"]) == (16, 8, 48, 0)
     assert list(meta["timings"]) == ["validate", "weights", "import_tensorflow", "decode", "build_model",
                                      "features", "head", "save", "total"]
     assert meta["timings"]["total"] >= sum(v for k, v in meta["timings"].items() if k != "total") - 0.01
@@ -218,45 +222,6 @@ def test_from_run_with_adapt_bn_reports_accuracy_before_then_continues(tiny_run,
     assert res.meta["features"]["engine"] == "tensorflow"
     assert "adapt_bn" in res.meta["timings"]
     assert json.loads((tiny_run / "edgetl.json").read_text()) == src_meta  # the source run is never modified
-
-
-def test_fine_tune_and_augment_through_train(tiny_run, tmp_path):
-    res = factory.train_run(_data(tiny_run), tmp_path / "ft", epochs=2, augment=1, fine_tune=4, fine_tune_epochs=1)
-    m = res.meta["metrics"]
-    assert m["n_train_views"] == 2 * m["n_train"]
-    ft = m["fine_tune"]
-    assert ft["val_accuracy_before"] == m["head"]["val_accuracy"]
-    assert ft["val_accuracy_after"] == m["val_accuracy"]
-    assert ft["lr"] == pytest.approx(1e-3 * 0.05) and ft["layers"] == 4 and ft["unfrozen_layers"] >= 1
-    assert "fine_tune" in res.meta["history"] and res.meta["timings"]["fine_tune"] > 0
-    run, px, y = _val(tmp_path / "ft")  # the saved model is the fine-tuned one
-    from edgetl.model.predict import evaluate
-
-    assert evaluate(load_run_model(tmp_path / "ft"), px, y, run.preprocessing)[0] == pytest.approx(m["val_accuracy"])
-
-
-def test_fine_tune_keeps_batchnorm_frozen_and_updates_top_layers(tiny_run):
-    from edgetl.model.fit import fine_tune
-
-    run = rundir.Run(tiny_run)
-    spec = run.preprocessing
-    px, y, _, _ = decode_all(run.split_items("train"), 32)
-    model, _ = factory.tiny_model(images=px)
-    bns = [layer for layer in model.layers if layer.__class__.__name__.startswith("BatchNormalization")]
-    convs = [layer for layer in model.layers if layer.__class__.__name__.endswith("Conv2D")]
-    bn_before = [w.copy() for layer in bns for w in layer.get_weights()]
-    top_before, low_before = convs[-1].get_weights()[0].copy(), convs[0].get_weights()[0].copy()
-    # validating on the training images makes "fine-tuning improved the val loss" certain, so the
-    # fine-tuned weights are kept (not the pre-fine-tuning ones)
-    hist = fine_tune(model, 6, px, y, px, y, spec, epochs=1, lr=1e-3, augment=1, seed=0,
-                     console=factory.quiet_console())
-    assert hist["unfrozen_layers"] >= 1 and len(hist["loss"]) == 1 and not hist["kept_weights_before"]
-    bn_after = [w for layer in bns for w in layer.get_weights()]
-    assert all(np.array_equal(a, b) for a, b in zip(bn_before, bn_after)), "BatchNorm changed during fine-tuning"
-    assert not np.array_equal(convs[-1].get_weights()[0], top_before), "top layer not trained"
-    assert np.array_equal(convs[0].get_weights()[0], low_before), "bottom layer should stay frozen"
-    # afterwards only the head is trainable (how the model is saved)
-    assert {layer.name for layer in model.layers if layer.trainable and layer.weights} == {"head_softmax"}
 
 
 def test_pixel_batches_cover_every_view_once_per_epoch():

@@ -137,21 +137,24 @@ def test_pipeline_results_do_not_depend_on_the_threads(first, cache, tmp_path, m
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 truncated")
     val = [(p, int(y)) for p, y in first["split"]["val"]] + [(str(broken), 0)]
+    test = val[:3]  # (the pipeline takes any items as the test part: its images after train and val)
     spec = preprocessing_spec(96)
     out = []
     for workers in (1, 3):
-        with features.FeaturePipeline(train + val, len(train), 96, spec, augment=1, seed=0, workers=workers,
-                                      base=base) as pipe:
-            (tr_px, _, _, tr_skip), (va_px, va_y, _, va_skip) = pipe.decoded()
+        with features.FeaturePipeline(train + val + test, len(train), 96, spec, augment=1, seed=0,
+                                      workers=workers, base=base, n_val=len(val)) as pipe:
+            (tr_px, _, _, tr_skip), (va_px, va_y, _, va_skip), (te_px, te_y, _, _) = pipe.decoded()
             assert pipe.started()
             out.append(pipe.features())
     assert tr_skip == [] and [s["file"] for s in va_skip] == [str(broken)] and len(va_y) == len(val) - 1
     assert np.array_equal(tr_px, decode_all(train, 96)[0]) and np.array_equal(va_px, decode_all(val, 96)[0])
-    (f_tr, f_va), (f_tr3, f_va3) = out
-    assert np.array_equal(f_tr, f_tr3) and np.array_equal(f_va, f_va3)
+    assert np.array_equal(te_px, va_px[:3]) and len(te_y) == 3
+    (f_tr, f_va, f_te), (f_tr3, f_va3, f_te3) = out
+    assert np.array_equal(f_tr, f_tr3) and np.array_equal(f_va, f_va3) and np.array_equal(f_te, f_te3)
     # stacked as core.images.feature_views orders them: train originals, then the augmented train view
     runner = TFLiteRunner(base)
     assert np.array_equal(f_va, runner.outputs(preprocess(va_px, spec)))
+    assert np.array_equal(f_te, f_va[:3])
     assert np.array_equal(f_tr[:len(tr_px)], runner.outputs(preprocess(tr_px, spec)))
     assert np.array_equal(f_tr[len(tr_px):], runner.outputs(preprocess(augment_views(tr_px, 1, 0), spec)))
 
@@ -159,7 +162,7 @@ def test_pipeline_results_do_not_depend_on_the_threads(first, cache, tmp_path, m
 def test_pipeline_without_a_base_only_decodes(data):
     items = [(str(p), 0) for p in sorted((data / "train" / "cats").iterdir())]
     with features.FeaturePipeline(items, 3, 32, preprocessing_spec(32), augment=0, seed=0, workers=2) as pipe:
-        (tr_px, *_), (va_px, *_) = pipe.decoded()
+        (tr_px, *_), (va_px, *_), (te_px, *_) = pipe.decoded()
         pipe.start_features(None)
         assert not pipe.started()
-    assert tr_px.shape == (3, 32, 32, 3) and len(va_px) == len(items) - 3
+    assert tr_px.shape == (3, 32, 32, 3) and len(va_px) == len(items) - 3 and len(te_px) == 0

@@ -21,9 +21,10 @@ from edgetl.core.errors import ArtifactCheckError, EdgetlError
 
 runner = CliRunner()
 RECIPE = ["--alpha", "--image-size", "--weights", "--epochs", "--batch-size", "--lr", "--head", "--patience",
-          "--fine-tune", "--fine-tune-epochs", "--fine-tune-lr", "--val-split", "--seed", "--overwrite", "--verbose"]
+          "--fine-tune", "--fine-tune-epochs", "--fine-tune-lr", "--val-split", "--seed", "--overwrite", "--verbose",
+          "--dropout", "--augment"]
 FLAGS = {
-    "train": ["--out", "-o", *RECIPE, "--dropout", "--augment", "--from", "--qat", "--qat-epochs", "--qat-lr",
+    "train": ["--out", "-o", *RECIPE, "--test", "--from", "--qat", "--qat-epochs", "--qat-lr",
               "--qat-loss", "--adapt-bn", "--base-cache", "--no-base-cache"],
     "export": ["--int8", "--format", "-f", "--calib", "--max-drop", "--keep-going", "--size-budget", "--verbose"],
     "bench": ["--data", "--device", "--threads", "--json", "--out", "--compare", "--min-time", "--min-runs",

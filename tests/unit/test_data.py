@@ -143,3 +143,84 @@ def test_seeded_subset():
     assert a == data.seeded_subset(items, 10, seed=1) and a == sorted(a) and len(set(a)) == 10
     assert a != data.seeded_subset(items, 10, seed=2)
     assert data.seeded_subset(items, 80, seed=1) == items
+
+
+def _with_test(root: Path, name: str = "test") -> Path:
+    """tiny_data-like folder plus a test split (images of its own, another seed)."""
+    factory.image_folder(root / name, per_class=3, split=False, seed=5)
+    return root
+
+
+def test_train_val_test_layout_scores_test_apart(tiny_data):
+    s = data.scan(_with_test(tiny_data))
+    assert s.layout == "split" and (len(s.train), len(s.val), len(s.test)) == (12, 6, 6)
+    assert s.test_source == "test/"
+    assert {Path(p).parts[-3] for p, _ in s.test} == {"test"}
+    assert sorted(y for _, y in s.test) == [0, 0, 0, 1, 1, 1]
+    assert data.scan(tiny_data, 0.5, seed=9).test == s.test
+
+
+def test_train_test_layout_carves_val_from_train(tmp_path):
+    root = tmp_path / "d"
+    factory.image_folder(root / "train", per_class=10, split=False)
+    s = data.scan(_with_test(root), 0.2, seed=3)
+    assert s.layout == "flat" and (len(s.train), len(s.val), len(s.test)) == (16, 4, 6)
+    assert {Path(p).parts[-3] for p, _ in s.train + s.val} == {"train"}  # val: 2 of each class, from train/
+    assert sorted(y for _, y in s.val) == [0, 0, 1, 1]
+    assert s.val != data.scan(root, 0.2, seed=4).val and s.test == data.scan(root, 0.2, seed=4).test
+
+
+def test_split_folder_names_in_any_case(tiny_data):
+    (tiny_data / "train").rename(tiny_data / "TRAIN")
+    (tiny_data / "val").rename(tiny_data / "Validation")
+    s = data.scan(_with_test(tiny_data, "Test"))
+    assert s.layout == "split" and (len(s.train), len(s.val), len(s.test)) == (12, 6, 6)
+    assert s.test_source == "Test/"
+
+
+def test_test_option_scores_another_folder(tiny_data, tmp_path):
+    other = factory.image_folder(tmp_path / "other", per_class=2, split=False, seed=7)
+    s = data.scan(tiny_data, test=other)
+    assert len(s.test) == 4 and s.test_source == f"--test {other}"
+    with pytest.raises(EdgetlError, match="also training or val images"):
+        data.scan(tiny_data, test=tiny_data / "val")
+    with pytest.raises(EdgetlError, match="--test .*no such folder"):
+        data.scan(tiny_data, test=tmp_path / "missing")
+    with pytest.raises(EdgetlError, match="own test/ folder"):
+        data.scan(_with_test(tiny_data), test=other)
+
+
+def _extra_folder(root):
+    factory.image_folder(root)
+    shutil.copytree(root / "val", root / "holdout")
+
+
+def _val_without_train(root):
+    factory.image_folder(root)
+    (root / "train").rename(root / "images")
+    shutil.rmtree(root / "images")
+
+
+def _two_val_folders(root):
+    factory.image_folder(root)
+    shutil.copytree(root / "val", root / "validation")
+
+
+def _test_classes_differ(root):
+    factory.image_folder(root)
+    factory.image_folder(root / "test", classes=("cats", "birds"), split=False)
+
+
+@pytest.mark.parametrize("make,needles", [
+    (_extra_folder, ["holdout/ beside", "accepted layouts", "DATA/train/ + DATA/test/"]),
+    (_val_without_train, ["val/ without a train/ folder", "accepted layouts"]),
+    (_two_val_folders, ["both val/ and validation/", "accepted layouts"]),
+    (_test_classes_differ, ["class folders differ", "birds"]),
+])
+def test_unknown_layouts_are_one_line_listing_the_accepted_ones(tmp_path, make, needles):
+    root = tmp_path / "data"
+    make(root)
+    with pytest.raises(EdgetlError) as e:
+        data.scan(root)
+    msg = str(e.value)
+    assert "\n" not in msg and all(n in msg for n in needles), msg

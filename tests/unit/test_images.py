@@ -127,4 +127,4 @@ def test_augmented_views_depend_only_on_seed_image_and_view():
     assert not np.array_equal(a, images.augment_views(px, 1, seed=4))
     assert a.shape == px.shape and a.dtype == np.uint8
     assert images.view_pixels(px, 0, seed=3) is px
-    assert images.feature_views(2) == [("train", 0), ("val", 0), ("train", 1), ("train", 2)]
+    assert images.feature_views(2) == [("train", 0), ("val", 0), ("test", 0), ("train", 1), ("train", 2)]

@@ -22,8 +22,8 @@ def test_augment_views_are_seeded_and_vary():
     assert not np.array_equal(a, px)
     # view of image i depends only on (seed, i, view): chunked generation gives the same views
     assert np.array_equal(augment_views(px[2:], 1, seed=3, start=2), a[2:])
-    # features are stacked train originals, val, then each augmented train view
-    assert feature_views(2) == [("train", 0), ("val", 0), ("train", 1), ("train", 2)]
+    # features are stacked train originals, val, test, then each augmented train view
+    assert feature_views(2) == [("train", 0), ("val", 0), ("test", 0), ("train", 1), ("train", 2)]
 
 
 def test_shift_pixels_kinds():

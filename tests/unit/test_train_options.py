@@ -30,6 +30,10 @@ def _cfg(data_dir, tmp, **kw) -> TrainConfig:
     ({"epochs": 0}, "--epochs 0"),
     ({"batch_size": 2.5}, "--batch-size 2.5"),
     ({"fine_tune": 155}, "--fine-tune 155"),
+    ({"fine_tune": "all"}, "--fine-tune all"),
+    ({"fine_tune_epochs": 0}, "--fine-tune-epochs 0"),
+    ({"fine_tune_lr": 2.0}, "--fine-tune-lr 2.0"),
+    ({"test": "/no/such/folder"}, "--test /no/such/folder"),
     ({"lr": 1.5}, "--lr 1.5"),
     ({"dropout": 1.0}, "--dropout 1.0"),
     ({"val_split": 1.0}, "--val-split 1.0"),
@@ -97,3 +101,12 @@ def test_bad_input_through_the_cli_is_one_line_before_any_work(data, tmp_path):
     assert not out.exists()
     r = CliRunner().invoke(app, ["train", str(tmp_path / "no-data"), "--out", str(out)])
     assert r.exit_code == 2 and "no such folder" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_defaults_are_declared_once_for_train_and_compare():
+    from edgetl.compare.config import CompareConfig
+
+    for cfg in (TrainConfig(data="d", out="o"), CompareConfig(data="d", out="o")):
+        got = (cfg.dropout, cfg.epochs, cfg.patience, cfg.augment, cfg.fine_tune_epochs, cfg.fine_tune_lr, cfg.lr)
+        assert got == (0.5, 100, 10, 2, 8, 1e-4, 1e-3), type(cfg).__name__
+    assert TrainConfig(data="d", out="o").fine_tune == "off" and CompareConfig(data="d", out="o").fine_tune == "on"

@@ -1,0 +1,130 @@
+"""Benchmark: held-out accuracy of `edgetl train` with its defaults, frozen and fine-tuned (not a timed test).
+
+Each run is one whole subprocess (process start -> saved run) of edgetl's own `train` on:
+  hymenoptera  DATA = hymenoptera/train/ (val carved from it, 20 % stratified, seeded), --test hymenoptera/val/
+               (153 images, never used to choose)
+  flowers12    DATA = flowers12/ (train/ + test/: val carved from train/, test/ = 240 images)
+at 224 px, alpha 0.35 and 0.5, seeds 0-2; settings:
+  frozen     the defaults (linear head, dropout 0.5, up to 100 epochs, patience 10, --augment 2)
+  fine-tune  the defaults + --fine-tune on. On both sets `edgetl train --fine-tune on` skips fine-tuning
+             (97 and 48 training images in the smallest class, under its 100), so this setting forces it
+             (TrainConfig.fine_tune_any_size, the option tests use) to measure what it would do.
+Seed 0 of every cell runs first, then seeds 1 and 2; finished runs are kept in the JSON and skipped when
+the script is started again (so it can be stopped and resumed). Time per run: wall clock of the process
+and its CPU seconds (user + system), on a shared machine: compare ratios, not absolute times.
+
+  PYTHONPATH=. .venv/bin/python benchmarks/bench_accuracy.py            # everything
+  ... --seeds 0 --sets flowers12 --alphas 0.35 --settings frozen       # one cell
+
+Writes benchmarks/results/accuracy.json and prints the markdown table (mean, min-max over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EDGETL_SHARED", "/work/shared"))
+SETS = {
+    "hymenoptera": {"data": SHARED / "data/hymenoptera/train", "test": SHARED / "data/hymenoptera/val"},
+    "flowers12": {"data": SHARED / "data/flowers12", "test": None},
+}
+SETTINGS = {"frozen": {}, "fine-tune": {"fine_tune": "on", "fine_tune_any_size": True}}
+
+ONE = """
+import json, sys
+from edgetl.train.config import TrainConfig
+from edgetl.train.stage import train
+res = train(TrainConfig(**json.loads(sys.argv[1])))
+m = res.meta["metrics"]
+ft = m.get("fine_tune") or {}
+print("RESULT " + json.dumps({"test_accuracy": m.get("test_accuracy"), "val_accuracy": m["val_accuracy"],
+      "head_val_accuracy": m["head"]["val_accuracy"], "n_train": m["n_train"], "n_val": m["n_val"],
+      "n_test": m["n_test"], "head_epochs": len(res.meta["history"]["head"]["loss"]),
+      "fine_tune_kept": ft.get("kept"), "fine_tune_best_epoch": ft.get("best_epoch"),
+      "timings": res.meta["timings"]}))
+"""
+
+
+def run_one(set_name: str, alpha: float, setting: str, seed: int, tmp: Path) -> dict:
+    s = SETS[set_name]
+    cfg = {"data": str(s["data"]), "out": str(tmp / "run"), "alpha": alpha, "image_size": 224, "seed": seed,
+           "overwrite": True, **({"test": str(s["test"])} if s["test"] else {}), **SETTINGS[setting]}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "EDGETL_WEIGHTS_DIR": str(SHARED / "weights")}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", ONE, json.dumps(cfg)], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if proc.returncode or line is None:
+        raise SystemExit(f"{set_name} {alpha} {setting} seed {seed} failed:\n{proc.stderr[-3000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"set": set_name, "alpha": alpha, "setting": setting, "seed": seed, "wall_s": round(wall, 1),
+            "cpu_s": round(cpu, 1), **json.loads(line[len("RESULT "):])}
+
+
+def _spread(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    if len(xs) == 1:
+        return f"{xs[0]:.3f} (1 seed)"
+    return f"{statistics.mean(xs):.3f} ({min(xs):.3f}-{max(xs):.3f})"
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| set | alpha | setting | held-out (test) accuracy | val accuracy | seeds | wall s | CPU s | "
+           "fine-tuning kept |", "|---|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["set"], r["alpha"], r["setting"]) for r in rows}, key=lambda k: (k[0], k[1], k[2] != "frozen"))
+    for key in keys:
+        rs = sorted((r for r in rows if (r["set"], r["alpha"], r["setting"]) == key), key=lambda r: r["seed"])
+        kept = [r["fine_tune_kept"] for r in rs if r["fine_tune_kept"] is not None]
+        out.append(f"| {key[0]} | {key[1]:g} | {key[2]} | {_spread([r['test_accuracy'] for r in rs])} | "
+                   f"{_spread([r['val_accuracy'] for r in rs])} | {','.join(str(r['seed']) for r in rs)} | "
+                   f"{statistics.mean(r['wall_s'] for r in rs):.0f} | {statistics.mean(r['cpu_s'] for r in rs):.0f} | "
+                   f"{f'{sum(kept)}/{len(kept)}' if kept else '-'} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sets", default="hymenoptera,flowers12")
+    ap.add_argument("--alphas", default="0.35,0.5")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--settings", default="frozen,fine-tune")
+    ap.add_argument("--out", default=str(REPO / "benchmarks/results/accuracy.json"))
+    a = ap.parse_args()
+    out = Path(a.out)
+    rows = json.loads(out.read_text())["rows"] if out.exists() else []
+    done = {(r["set"], r["alpha"], r["setting"], r["seed"]) for r in rows}
+    for seed in (int(x) for x in a.seeds.split(",")):
+        for set_name in a.sets.split(","):
+            for alpha in (float(x) for x in a.alphas.split(",")):
+                for setting in a.settings.split(","):
+                    if (set_name, alpha, setting, seed) in done:
+                        continue
+                    tmp = Path(tempfile.mkdtemp(prefix="edgetl-acc-"))
+                    try:
+                        r = run_one(set_name, alpha, setting, seed, tmp)
+                    finally:
+                        shutil.rmtree(tmp, ignore_errors=True)
+                    rows.append(r)
+                    print(f"{set_name} a{alpha:g} {setting} seed {seed}: test {r['test_accuracy']:.3f} "
+                          f"val {r['val_accuracy']:.3f} in {r['wall_s']:.0f} s ({r['cpu_s']:.0f} CPU s)", flush=True)
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
