@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from factory import signed_onnx
 
 from edgetl.core.errors import ArtifactCheckError
 from edgetl.core.formats import FORMATS
@@ -17,24 +18,6 @@ def run_file(blob: bytes, name: str, x: np.ndarray) -> np.ndarray:
     """Probabilities of a file in memory, through its registry row's runner."""
     fmt = FORMATS[name]
     return fmt.runner_class()(blob, fmt).outputs(x)
-
-
-def _signed_copy(proto):
-    """The u8-weight int8 ONNX file turned back into the usual s8 form (u8 - 128, zero point 0)."""
-    from onnx import numpy_helper
-
-    inits = {t.name: t for t in proto.graph.initializer}
-    changed = 0
-    for node in proto.graph.node:
-        if node.op_type == "DequantizeLinear" and len(node.input) == 3 and node.input[2] in inits:
-            zp = numpy_helper.to_array(inits[node.input[2]])
-            if zp.dtype == np.uint8 and np.all(zp == 128):
-                w = numpy_helper.to_array(inits[node.input[0]])
-                name = node.input[0] + "_s8"
-                proto.graph.initializer.append(numpy_helper.from_array((w.astype(np.int16) - 128).astype(np.int8), name))
-                node.input[:] = [name, node.input[1]]
-                changed += 1
-    return changed
 
 
 def test_onnx_int8_cannot_saturate_checked_from_the_file(tiny_exported):
@@ -48,7 +31,7 @@ def test_onnx_int8_cannot_saturate_checked_from_the_file(tiny_exported):
     path = tiny_exported / "model-int8.onnx"
     proto, signed = onnx.load(path), onnx.load(path)
     assert saturation_risks(proto) == []
-    n = _signed_copy(signed)
+    n = signed_onnx(signed)
     assert n >= 50  # every conv of MobileNetV2
     assert len(saturation_risks(signed)) >= 30
     assert unsigned_weights(signed) == n and saturation_risks(signed) == []
@@ -68,7 +51,7 @@ def test_onnx_int8_with_saturating_weights_is_refused(tiny_exported):
     from edgetl.export.parity import check_onnx_sessions
 
     proto = onnx.load(tiny_exported / "model-int8.onnx")
-    assert _signed_copy(proto) >= 50
+    assert signed_onnx(proto) >= 50
     nothing = np.zeros((0, 32, 32, 3), np.float32)
     with pytest.raises(ArtifactCheckError, match="GEMM layer.* s8 weights outside .* can saturate"):
         check_onnx_sessions(FORMATS["onnx-int8"], proto.SerializeToString(), nothing[:, 0, 0, :2], nothing)

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from factory import signed_onnx
 
 from edgetl.core import artifact, cpu, runtime
 from edgetl.core.errors import EdgetlError
@@ -132,32 +133,13 @@ def test_truncated_files_are_one_line_errors(tiny_exported, tmp_path, name):
 
 
 # ---- which onnxruntime session an int8 file gets ----------------------------------------------------------
-def signed_copy(path):
-    """The file's ONNX model with its u8 (zero point 128) QDQ weights turned back into the usual s8 form,
-    as other tools write them: (proto, number of weights changed)."""
-    import onnx
-    from onnx import numpy_helper
-
-    proto = onnx.load(path)
-    inits = {t.name: t for t in proto.graph.initializer}
-    changed = 0
-    for node in proto.graph.node:
-        if node.op_type == "DequantizeLinear" and len(node.input) == 3 and node.input[2] in inits:
-            zp = numpy_helper.to_array(inits[node.input[2]])
-            if zp.dtype == np.uint8 and np.all(zp == 128):
-                w = numpy_helper.to_array(inits[node.input[0]])
-                name = node.input[0] + "_s8"
-                proto.graph.initializer.append(numpy_helper.from_array((w.astype(np.int16) - 128).astype(np.int8),
-                                                                       name))
-                node.input[:] = [name, node.input[1]]
-                changed += 1
-    return proto, changed
-
-
 @pytest.fixture(scope="module")
 def foreign_int8(tiny_exported, tmp_path_factory):
     """edgetl's int8 ONNX file with s8 weights and without the metadata's "int8_weights": "u8"."""
-    proto, n = signed_copy(tiny_exported / "model-int8.onnx")
+    import onnx
+
+    proto = onnx.load(tiny_exported / "model-int8.onnx")
+    n = signed_onnx(proto)
     assert n >= 50  # every conv of MobileNetV2
     meta = artifact.read_meta(tiny_exported / "model-int8.onnx")
     assert meta.pop("int8_weights") == "u8"
