@@ -14,6 +14,8 @@ ALPHA ?= 0.35
 SIZE ?= 224
 RUN ?= runs/demo
 PYTEST_ARGS ?=
+# the TensorFlow tiers run one test file per worker, one worker per core
+XDIST ?= -n auto --dist loadfile
 
 .PHONY: demo test test-unit bench bench-train bench-export bench-runtime bench-compare clean venv light arm-env
 
@@ -48,11 +50,11 @@ demo: $(VENV)/.stamp
 	$(BIN)/edgetl bench $(RUN) || [ $$? -eq 3 ]
 
 # Everything: the import contracts, the unit tier in the light install (no TensorFlow there), then the
-# tf, integration and emulated tiers in the full one.
+# tf, integration and emulated tiers in the full one, one test file per core.
 test: $(VENV)/.stamp $(LIGHT)/.stamp arm-env
 	$(BIN)/lint-imports
 	$(LIGHT)/bin/python -m pytest -q tests/unit $(PYTEST_ARGS)
-	EDGETL_LIGHT_PYTHON=$(abspath $(LIGHT))/bin/python EDGETL_SHARED=$(SHARED) $(BIN)/python -m pytest -q \
+	EDGETL_LIGHT_PYTHON=$(abspath $(LIGHT))/bin/python EDGETL_SHARED=$(SHARED) $(BIN)/python -m pytest -q $(XDIST) \
 	  tests/tf tests/integration tests/emulated $(PYTEST_ARGS)
 
 test-unit: $(LIGHT)/.stamp
