@@ -9,12 +9,15 @@ at 224 px, alpha 0.35 and 0.5, seeds 0-2; settings:
   fine-tune  the defaults + --fine-tune on. On both sets `edgetl train --fine-tune on` skips fine-tuning
              (97 and 48 training images in the smallest class, under its 100), so this setting forces it
              (TrainConfig.fine_tune_any_size, the option tests use) to measure what it would do.
+  fine-tune-all  the same with nearly the whole base trained (--fine-tune 146: all but the stem and the
+             first block); not in the default run (`--settings fine-tune-all --alphas 0.5`)
 Seed 0 of every cell runs first, then seeds 1 and 2; finished runs are kept in the JSON and skipped when
 the script is started again (so it can be stopped and resumed). Time per run: wall clock of the process
 and its CPU seconds (user + system), on a shared machine: compare ratios, not absolute times.
 
   PYTHONPATH=. .venv/bin/python benchmarks/bench_accuracy.py            # everything
   ... --seeds 0 --sets flowers12 --alphas 0.35 --settings frozen       # one cell
+  ... --settings fine-tune-all --alphas 0.5                             # the deepest fine-tuning
 
 Writes benchmarks/results/accuracy.json and prints the markdown table (mean, min-max over seeds).
 """
@@ -39,7 +42,8 @@ SETS = {
     "hymenoptera": {"data": SHARED / "data/hymenoptera/train", "test": SHARED / "data/hymenoptera/val"},
     "flowers12": {"data": SHARED / "data/flowers12", "test": None},
 }
-SETTINGS = {"frozen": {}, "fine-tune": {"fine_tune": "on", "fine_tune_any_size": True}}
+SETTINGS = {"frozen": {}, "fine-tune": {"fine_tune": "on", "fine_tune_any_size": True},
+            "fine-tune-all": {"fine_tune": "146", "fine_tune_any_size": True}}
 
 ONE = """
 import json, sys
@@ -85,7 +89,7 @@ def _spread(xs: list[float]) -> str:
 def table(rows: list[dict]) -> str:
     out = ["| set | alpha | setting | held-out (test) accuracy | val accuracy | seeds | wall s | CPU s | "
            "fine-tuning kept |", "|---|---|---|---|---|---|---|---|---|"]
-    keys = sorted({(r["set"], r["alpha"], r["setting"]) for r in rows}, key=lambda k: (k[0], k[1], k[2] != "frozen"))
+    keys = sorted({(r["set"], r["alpha"], r["setting"]) for r in rows}, key=lambda k: (k[0], k[1], list(SETTINGS).index(k[2])))
     for key in keys:
         rs = sorted((r for r in rows if (r["set"], r["alpha"], r["setting"]) == key), key=lambda r: r["seed"])
         kept = [r["fine_tune_kept"] for r in rs if r["fine_tune_kept"] is not None]
