@@ -9,15 +9,19 @@ at 224 px, alpha 0.35 and 0.5, seeds 0-2; settings:
   fine-tune  the defaults + --fine-tune on. On both sets `edgetl train --fine-tune on` skips fine-tuning
              (97 and 48 training images in the smallest class, under its 100), so this setting forces it
              (TrainConfig.fine_tune_any_size, the option tests use) to measure what it would do.
-  fine-tune-all  the same with nearly the whole base trained (--fine-tune 146: all but the stem and the
-             first block); not in the default run (`--settings fine-tune-all --alphas 0.5`)
+  fine-tune-long  fine-tune for 24 epochs instead of 8; not in the default run
+  fine-tune-all  fine-tune with nearly the whole base trained (--fine-tune 146: all but the stem and the
+             first block); not in the default run
+  seed-recipe  benchmarks/seed_recipe.py (the seed project's recipe: Dense(128) head, 10 epochs) trained on
+             the same images as edgetl at that seed, scored on the same held-out images
 Seed 0 of every cell runs first, then seeds 1 and 2; finished runs are kept in the JSON and skipped when
 the script is started again (so it can be stopped and resumed). Time per run: wall clock of the process
 and its CPU seconds (user + system), on a shared machine: compare ratios, not absolute times.
 
-  PYTHONPATH=. .venv/bin/python benchmarks/bench_accuracy.py            # everything
+  PYTHONPATH=. .venv/bin/python benchmarks/bench_accuracy.py            # frozen, fine-tune, seed-recipe
   ... --seeds 0 --sets flowers12 --alphas 0.35 --settings frozen       # one cell
-  ... --settings fine-tune-all --alphas 0.5                             # the deepest fine-tuning
+  ... --settings fine-tune-long,fine-tune-all --alphas 0.5              # longer, and the deepest, fine-tuning
+  ... --settings seed-recipe                                            # the baseline
 
 Writes benchmarks/results/accuracy.json and prints the markdown table (mean, min-max over seeds).
 """
@@ -43,7 +47,8 @@ SETS = {
     "flowers12": {"data": SHARED / "data/flowers12", "test": None},
 }
 SETTINGS = {"frozen": {}, "fine-tune": {"fine_tune": "on", "fine_tune_any_size": True},
-            "fine-tune-all": {"fine_tune": "146", "fine_tune_any_size": True}}
+            "fine-tune-long": {"fine_tune": "on", "fine_tune_epochs": 24, "fine_tune_any_size": True},
+            "fine-tune-all": {"fine_tune": "146", "fine_tune_any_size": True}, "seed-recipe": None}
 
 ONE = """
 import json, sys
@@ -60,25 +65,64 @@ print("RESULT " + json.dumps({"test_accuracy": m.get("test_accuracy"), "val_accu
 """
 
 
-def run_one(set_name: str, alpha: float, setting: str, seed: int, tmp: Path) -> dict:
+def seed_recipe_data(set_name: str, seed: int, tmp: Path) -> Path:
+    """The seed recipe's DATA/{train,val}/<class>/ as symlinks: train = the images edgetl trains on at this
+    seed (its own carve), val = the held-out images (the recipe trains a fixed 10 epochs and only reports
+    its last epoch there, so nothing is chosen on them)."""
+    from edgetl.core import data as datamod
+
     s = SETS[set_name]
-    cfg = {"data": str(s["data"]), "out": str(tmp / "run"), "alpha": alpha, "image_size": 224, "seed": seed,
-           "overwrite": True, **({"test": str(s["test"])} if s["test"] else {}), **SETTINGS[setting]}
-    env = {**os.environ, "PYTHONPATH": str(REPO), "EDGETL_WEIGHTS_DIR": str(SHARED / "weights")}
+    split = datamod.scan(s["data"], 0.2, seed, test=s["test"])
+    root = tmp / "seed-data"
+    for part, items in (("train", split.train), ("val", split.test)):
+        for i, (path, label) in enumerate(items):
+            link = root / part / split.classes[label] / f"{i:05d}{Path(path).suffix.lower()}"
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(Path(path).resolve())
+    return root
+
+
+def _process(cmd: list[str], env: dict, what: str) -> tuple[str, float, float]:
+    """(stdout, wall s, CPU s) of one whole subprocess."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", ONE, json.dumps(cfg)], env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-    if proc.returncode or line is None:
-        raise SystemExit(f"{set_name} {alpha} {setting} seed {seed} failed:\n{proc.stderr[-3000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if proc.returncode:
+        raise SystemExit(f"{what} failed:\n{proc.stderr[-3000:]}")
+    return proc.stdout, wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def run_one(set_name: str, alpha: float, setting: str, seed: int, tmp: Path) -> dict:
+    s = SETS[set_name]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "EDGETL_WEIGHTS_DIR": str(SHARED / "weights")}
+    what = f"{set_name} {alpha} {setting} seed {seed}"
+    if setting == "seed-recipe":
+        from edgetl.model.backbone import keras_weights_name
+
+        data = seed_recipe_data(set_name, seed, tmp)
+        cmd = [sys.executable, str(REPO / "benchmarks" / "seed_recipe.py"), str(data), str(tmp / "seed"), "--alpha",
+               str(alpha), "--size", "224", "--weights", str(SHARED / "weights" / keras_weights_name(alpha)),
+               "--seed", str(seed)]
+        out, wall, cpu = _process(cmd, env, what)
+        r = json.loads(out.strip().splitlines()[-1])
+        res = {"test_accuracy": r["val_accuracy"], "val_accuracy": None, "n_train": r["n_train_files"],
+               "n_test": r["n_val_files"], "fine_tune_kept": None}
+    else:
+        cfg = {"data": str(s["data"]), "out": str(tmp / "run"), "alpha": alpha, "image_size": 224, "seed": seed,
+               "overwrite": True, **({"test": str(s["test"])} if s["test"] else {}), **SETTINGS[setting]}
+        out, wall, cpu = _process([sys.executable, "-c", ONE, json.dumps(cfg)], env, what)
+        line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            raise SystemExit(f"{what}: no result line")
+        res = json.loads(line[len("RESULT "):])
     return {"set": set_name, "alpha": alpha, "setting": setting, "seed": seed, "wall_s": round(wall, 1),
-            "cpu_s": round(cpu, 1), **json.loads(line[len("RESULT "):])}
+            "cpu_s": round(cpu, 1), **res}
 
 
-def _spread(xs: list[float]) -> str:
+def _spread(xs: list[float | None]) -> str:
+    xs = [x for x in xs if x is not None]
     if not xs:
         return "-"
     if len(xs) == 1:
@@ -105,7 +149,7 @@ def main() -> None:
     ap.add_argument("--sets", default="hymenoptera,flowers12")
     ap.add_argument("--alphas", default="0.35,0.5")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--settings", default="frozen,fine-tune")
+    ap.add_argument("--settings", default="frozen,fine-tune,seed-recipe")
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/accuracy.json"))
     a = ap.parse_args()
     out = Path(a.out)
@@ -123,8 +167,9 @@ def main() -> None:
                     finally:
                         shutil.rmtree(tmp, ignore_errors=True)
                     rows.append(r)
-                    print(f"{set_name} a{alpha:g} {setting} seed {seed}: test {r['test_accuracy']:.3f} "
-                          f"val {r['val_accuracy']:.3f} in {r['wall_s']:.0f} s ({r['cpu_s']:.0f} CPU s)", flush=True)
+                    val = "" if r["val_accuracy"] is None else f" val {r['val_accuracy']:.3f}"
+                    print(f"{set_name} a{alpha:g} {setting} seed {seed}: test {r['test_accuracy']:.3f}{val} "
+                          f"in {r['wall_s']:.0f} s ({r['cpu_s']:.0f} CPU s)", flush=True)
                     out.parent.mkdir(parents=True, exist_ok=True)
                     out.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
     print(table(rows))
