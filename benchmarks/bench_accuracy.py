@@ -133,7 +133,8 @@ def _spread(xs: list[float | None]) -> str:
 def table(rows: list[dict]) -> str:
     out = ["| set | alpha | setting | held-out (test) accuracy | val accuracy | seeds | wall s | CPU s | "
            "fine-tuning kept |", "|---|---|---|---|---|---|---|---|---|"]
-    keys = sorted({(r["set"], r["alpha"], r["setting"]) for r in rows}, key=lambda k: (k[0], k[1], list(SETTINGS).index(k[2])))
+    order = list(SETTINGS)
+    keys = sorted({(r["set"], r["alpha"], r["setting"]) for r in rows}, key=lambda k: (k[0], k[1], order.index(k[2])))
     for key in keys:
         rs = sorted((r for r in rows if (r["set"], r["alpha"], r["setting"]) == key), key=lambda r: r["seed"])
         kept = [r["fine_tune_kept"] for r in rs if r["fine_tune_kept"] is not None]
