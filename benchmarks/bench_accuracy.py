@@ -16,7 +16,7 @@ at 224 px, alpha 0.35 and 0.5, seeds 0-2; settings:
              the same images as edgetl at that seed, scored on the same held-out images
 Seed 0 of every cell runs first, then seeds 1 and 2; finished runs are kept in the JSON and skipped when
 the script is started again (so it can be stopped and resumed). Time per run: wall clock of the process
-and its CPU seconds (user + system), on a shared machine: compare ratios, not absolute times.
+and its CPU seconds (user + system), one run at a time: compare ratios, not absolute times.
 
   PYTHONPATH=. .venv/bin/python benchmarks/bench_accuracy.py            # frozen, fine-tune, seed-recipe
   ... --seeds 0 --sets flowers12 --alphas 0.35 --settings frozen       # one cell
@@ -72,7 +72,7 @@ def seed_recipe_data(set_name: str, seed: int, tmp: Path) -> Path:
     from edgetl.core import data as datamod
 
     s = SETS[set_name]
-    split = datamod.scan(s["data"], 0.2, seed, test=s["test"])
+    split = datamod.scan(s["data"], seed=seed, test=s["test"])  # edgetl's default val split
     root = tmp / "seed-data"
     for part, items in (("train", split.train), ("val", split.test)):
         for i, (path, label) in enumerate(items):
@@ -99,14 +99,18 @@ def run_one(set_name: str, alpha: float, setting: str, seed: int, tmp: Path) -> 
     env = {**os.environ, "PYTHONPATH": str(REPO), "EDGETL_WEIGHTS_DIR": str(SHARED / "weights")}
     what = f"{set_name} {alpha} {setting} seed {seed}"
     if setting == "seed-recipe":
+        from bench_train import seed_train
+
         from edgetl.model.backbone import keras_weights_name
 
         data = seed_recipe_data(set_name, seed, tmp)
-        cmd = [sys.executable, str(REPO / "benchmarks" / "seed_recipe.py"), str(data), str(tmp / "seed"), "--alpha",
-               str(alpha), "--size", "224", "--weights", str(SHARED / "weights" / keras_weights_name(alpha)),
-               "--seed", str(seed)]
-        out, wall, cpu = _process(cmd, env, what)
-        r = json.loads(out.strip().splitlines()[-1])
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        r = seed_train(data, tmp / "seed", env, tmp, "seed", alpha, 224,
+                       str(SHARED / "weights" / keras_weights_name(alpha)), seed=seed)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if r.get("failed"):
+            raise SystemExit(f"{what} failed:\n{r['log_tail']}")
+        wall, cpu = r["wall_seconds"], (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         res = {"test_accuracy": r["val_accuracy"], "val_accuracy": None, "n_train": r["n_train_files"],
                "n_test": r["n_val_files"], "fine_tune_kept": None}
     else:

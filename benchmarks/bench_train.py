@@ -60,9 +60,9 @@ def edgetl_train(data: Path, out: Path, env: dict, logdir: Path, name: str, *ext
 
 
 def seed_train(data: Path, out: Path, env: dict, logdir: Path, name: str, alpha: float, size: int,
-               weights: str, epochs: int) -> dict:
+               weights: str, epochs: int = 10, seed: int = 0) -> dict:
     cmd = [sys.executable, str(REPO / "benchmarks" / "seed_recipe.py"), str(data), str(out), "--alpha", str(alpha),
-           "--size", str(size), "--weights", weights, "--epochs", str(epochs)]
+           "--size", str(size), "--weights", weights, "--epochs", str(epochs), "--seed", str(seed)]
     senv = dict(env)
     senv.pop("TF_USE_LEGACY_KERAS", None)  # the seed used TensorFlow's default tf.keras
     wall, rc = run(cmd, senv, logdir / f"{name}.log")
