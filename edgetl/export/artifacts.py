@@ -9,7 +9,7 @@ import numpy as np
 from ..core.artifact import (SEAL_KEY, SEAL_PLACEHOLDER, embed_onnx, embed_tflite, read_onnx_meta_from_session,
                               read_tflite_meta, seal)
 from ..core.errors import ArtifactCheckError
-from ..core.flatbuffer import compact_tflite
+from ..core.flatbuffer import compact_tflite, short_name
 from ..core.formats import Format
 from .context import ExportContext
 from .onnx_compact import compact_onnx, shorten_onnx_names
@@ -36,6 +36,7 @@ def artifact_meta(ctx: ExportContext, fmt: Format, io: dict, weights_quant: dict
         "preprocessing": dict(ctx.spec),
         "quantization": quant,
         **({"weights_quantization": weights_quant} if weights_quant else {}),
+        **({"float_ops": [short_name(n) for n in ctx.float_ops]} if fmt.precision == "int8" and ctx.float_ops else {}),
         **({"int8_weights": "u8"} if fmt.suffix == ".onnx" and fmt.precision == "int8" else {}),
         "macs": int(ctx.macs),
         "source": {"run": str(ctx.run.path.resolve()), "alpha": ctx.run.meta.get("alpha"),

@@ -38,6 +38,7 @@ class ExportContext:
     skipped_val: list = field(default_factory=list)  # validation files that could not be decoded
     qat_graph: bool = False  # model.keras is a fake-quant graph (Run.qat_graph): int8 from its ranges
     int8_file: str = MODEL_FILE  # the Keras file `model` was loaded from
+    float_ops: tuple = ()  # ops int8 files keep in float (export.control sets it per rung)
     _calib_x: np.ndarray | None = None
     cache: dict = field(default_factory=dict)
 
