@@ -19,10 +19,10 @@ rung):
    is at least TARGET_AGREEMENT. The estimate resamples the int8 noise measured at the pooled features
    (calibration and val images) onto the val images' float features and counts how often the top-1 class
    flips: label-free, and with many more samples than a small val split has images.
-4. Rungs are tried in order (plain, then the top 1, 2, ... ranked ops, at most MAX_FLOAT_OPS) and the
-   first that passes ships. When none passes, the rung with all dominant ops in float ships if it passes
-   --max-drop (the target missed is said), else the first rung that passes --max-drop; exit 3 only when
-   no rung does.
+4. Rungs are tried in order: the plain file; when it misses the target, the dominant ops in float, then
+   one more ranked op at a time (at most MAX_FLOAT_OPS). The first rung that passes ships. When none
+   does, the rung with the dominant ops in float ships if it passes --max-drop (the missed target is
+   said), else the first rung that passes --max-drop; exit 3 only when no rung does.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class _Features:
         r = TFLiteRunner(tfl, FORMATS["tflite-int8"], keep_tensors=True)
         index = TFLiteRunner(named, FORMATS["tflite-int8"]).tensor(f"{self.model.name}/{self.cut}")["index"] \
             if named is not None else r.tensor(f"{self.model.name}/{self.cut}")["index"]
-        return _flat(r.tensor_values(x, r.interp.get_tensor_details()[index]))
+        return _flat(r.tensor_values(x, next(d for d in r.interp.get_tensor_details() if d["index"] == index)))
 
     def noise(self, tfl: bytes) -> float:
         """Mean squared int8 error at the features on the ranking images."""
@@ -201,9 +201,9 @@ def run_ladder(ctx: ExportContext, quantize, check) -> tuple[Rung | None, dict]:
         tried.append(r)
         if r.meets_target:
             break
-        if i == 0:  # the plain file misses the target: rank the ops, then climb
+        if i == 0:  # the plain file misses the target: rank the ops, then climb from the dominant ones
             ranked = ranking(ctx, quantize)
-            ladder = rungs(ranked)
+            ladder = [()] + [r for r in rungs(ranked)[1:] if len(r) >= dominant(ranked)]
         i += 1
     chosen, why = choose(tried, dominant(ranked)) if ranked else (tried[0] if tried[0].passes_drop else None,
                                                                     "target met")
