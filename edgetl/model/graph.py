@@ -121,9 +121,10 @@ def cut_layer(model, name: str | None = None) -> str:
     return name
 
 
-def top_model(model, cut: str):
+def top_model(model, cut: str, logits: bool = False):
     """The layers of `model` after layer `cut` as a model of their own (input: the cut's output): new
-    layers with the same configs and weights, so training it leaves `model` unchanged."""
+    layers with the same configs and weights, so training it leaves `model` unchanged. logits: the last
+    layer without its activation (softmax), so the top returns logits."""
     _, keras = tf_and_keras()
     names = [layer.name for layer in model.layers]
     start = names.index(cut)
@@ -133,7 +134,10 @@ def top_model(model, cut: str):
         if any(name not in tensors for name in inbound[layer.name]):
             raise EdgetlError(f"model {model.name}: layer {layer.name!r} reads from below the cut {cut!r}")
         args = [tensors[name] for name in inbound[layer.name]]
-        new = layer.__class__.from_config(layer.get_config())
+        config = layer.get_config()
+        if logits and layer is model.layers[-1] and "activation" in config:
+            config["activation"] = "linear"
+        new = layer.__class__.from_config(config)
         tensors[layer.name] = new(args if len(args) > 1 else args[0])
         new.set_weights(layer.get_weights())
     return keras.Model(tensors[cut], tensors[model.layers[-1].name], name=f"{model.name}_top")

@@ -394,21 +394,22 @@ def _rung(ops, ok=True, agreement=1.0, estimate=1.0):
                                                 "drop_points": 0.0}, estimate=estimate)
 
 
-def test_the_control_ships_the_first_rung_that_meets_the_target_else_the_dominant_one():
+def test_the_control_ships_the_first_rung_that_meets_the_target_else_the_best_estimate():
     """The first rung that passes --max-drop, agrees on val and is estimated to agree on unseen images
-    ships; without one, the rung with the dominant ops in float (if it passes --max-drop), else the first
-    that passes; none when no rung passes --max-drop."""
-    from edgetl.export.control import TARGET_AGREEMENT, choose, rungs
+    ships; without one, the passing rung with the highest estimate (ops in float only for a real gain);
+    none when no rung passes --max-drop."""
+    from edgetl.export.control import MIN_GAIN, TARGET_AGREEMENT, choose, rungs
 
     low = TARGET_AGREEMENT - 0.01
     tried = [_rung([], estimate=low), _rung(["a"], estimate=low), _rung(["a", "b"], estimate=TARGET_AGREEMENT)]
-    assert choose(tried, 1) == (tried[2], "target met")
-    tried[2] = _rung(["a", "b"], agreement=0.5)  # estimated fine, but val disagrees
-    assert choose(tried, 2) == (tried[2], "target missed")
-    assert choose(tried, 1) == (tried[1], "target missed")
-    tried[1] = _rung(["a"], ok=False, estimate=low)
-    assert choose(tried, 1) == (tried[0], "target missed")
-    assert choose([_rung([], ok=False), _rung(["a"], ok=False)], 1) == (None, "no rung passes --max-drop")
+    assert choose(tried) == (tried[2], "target met")
+    tried[2] = _rung(["a", "b"], agreement=0.5, estimate=low + 2 * MIN_GAIN)  # val disagrees
+    assert choose(tried) == (tried[2], "target missed")
+    tried[2] = _rung(["a", "b"], agreement=0.5, estimate=low + MIN_GAIN / 2)  # too small a gain
+    assert choose(tried) == (tried[0], "target missed")
+    tried = [_rung([], ok=False, estimate=low), _rung(["a"], estimate=low - 0.05), _rung(["a", "b"], ok=False)]
+    assert choose(tried) == (tried[1], "target missed")
+    assert choose([_rung([], ok=False), _rung(["a"], ok=False)]) == (None, "no rung passes --max-drop")
     assert rungs([("a", 0.5), ("b", 0.2), ("c", 0.0)]) == [(), ("a",), ("a", "b")]
 
 
