@@ -145,11 +145,13 @@ class Sshd:
                   "mkdir -m 755 /run/sshd && exec \"$@\"")
         return ["unshare", "--mount", "sh", "-c", script, "sh", *argv]
 
-    def options(self, cache: Path) -> list[str]:
-        """--ssh-option values: this server's key and host key only, and the remote cache folder `cache`."""
+    def options(self, cache: Path, env: dict | None = None) -> list[str]:
+        """--ssh-option values: this server's key and host key only, the remote cache folder `cache` and
+        `env` (PIP_* variables) for the remote commands (ssh takes one SetEnv: the first)."""
+        env = {"XDG_CACHE_HOME": str(cache), **(env or {})}
         return [f"IdentityFile={self.dir / 'client'}", "IdentitiesOnly=yes",
                 f"UserKnownHostsFile={self.dir / 'known_hosts'}", "StrictHostKeyChecking=yes",
-                f"SetEnv=XDG_CACHE_HOME={cache}", "LogLevel=ERROR"]
+                "SetEnv=" + " ".join(f"{k}={v}" for k, v in env.items()), "LogLevel=ERROR"]
 
     @property
     def address(self) -> str:

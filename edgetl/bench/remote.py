@@ -298,7 +298,7 @@ class Session:
         args = {"argv": [self.python, "-m", "edgetl.bench.worker"], "timeout": self.opts.timeout,
                 "env": {"PYTHONPATH": self.src, "OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n,
                         "MKL_NUM_THREADS": n}}
-        line = (f"{quote_path(self.opts.python or self.python)} -c {shlex.quote(agent_source())} run "
+        line = (f"{quote_path(self.python)} -c {shlex.quote(agent_source())} run "
                 f"{shlex.quote(json.dumps(args))}")
         r = self.conn.run(line, input=json.dumps(job).encode(), timeout=self.opts.timeout + 60)
         out = r.stdout.decode(errors="replace").splitlines()

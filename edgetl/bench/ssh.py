@@ -89,10 +89,11 @@ class Connection:
                               "(e.g. apt install openssh-client)")
         self.target = target
         self._dir = Path(tempfile.mkdtemp(prefix="edgetl-ssh-"))
-        self.argv = [ssh, "-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}",
+        # ssh keeps the first value it is given: the user's options come before edgetl's defaults
+        self.argv = [ssh, "-o", "BatchMode=yes", *(options or []), "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}",
                      "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4",
                      "-o", "ControlMaster=auto", "-o", f"ControlPath={self._dir}/master", "-o", "ControlPersist=300",
-                     *(options or []), *(["-p", str(target.port)] if target.port else []), "--", target.dest]
+                     *(["-p", str(target.port)] if target.port else []), "--", target.dest]
 
     def command(self, remote_cmd: str) -> list[str]:
         """The local argv that runs `remote_cmd` (one shell command line) on the target."""
