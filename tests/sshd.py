@@ -96,6 +96,7 @@ class Sshd:
         self.user = getpass.getuser()
         self.proc: subprocess.Popen | None = None
         self.port = 0
+        self.small_disk: Path | None = None  # a 1 MB file system the server sees (as root only)
 
     def start(self) -> "Sshd":
         sshd, client_bin, env = binaries()
@@ -141,8 +142,11 @@ class Sshd:
         if not any(ln.startswith("sshd:") for ln in lines):
             lines.append("sshd:x:64999:65534:sshd privilege separation:/run/sshd:/usr/sbin/nologin")
         passwd.write_text("\n".join(lines) + "\n")
+        small = self.dir / "small-disk"
+        small.mkdir(exist_ok=True)
         script = (f"mount --bind {passwd} /etc/passwd && mount -t tmpfs -o mode=755 edgetl-test /run && "
-                  "mkdir -m 755 /run/sshd && exec \"$@\"")
+                  f"mkdir -m 755 /run/sshd && mount -t tmpfs -o size=1m edgetl-test-small {small} && exec \"$@\"")
+        self.small_disk = small
         return ["unshare", "--mount", "sh", "-c", script, "sh", *argv]
 
     def options(self, cache: Path, env: dict | None = None) -> list[str]:

@@ -122,7 +122,7 @@ class Connection:
             proc.kill()
             proc.wait()
             raise
-        err_text = err.decode(errors="replace")
+        err_text = err if isinstance(err, str) else err.decode(errors="replace")
         if proc.returncode == 255:
             raise EdgetlError(explain(self.target, err_text))
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err_text)
