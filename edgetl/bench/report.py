@@ -258,9 +258,20 @@ PLACE_MARKERS = {"here": ("o", "this machine"), "remote": ("s", "remote"), "emul
 
 
 def plot(result: dict, png: Path) -> bool:
+    """The bench PNG (bench_figure); False when matplotlib is missing."""
+    fig = bench_figure(result)
+    if fig is None:
+        return False
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    write_bytes(png, buf.getvalue())
+    return True
+
+
+def bench_figure(result: dict):
     """Accuracy against p50 latency per row: one colour per format, one marker per place (this machine,
-    remote, emulated), plain millisecond ticks, labels placed where they overlap nothing; False when
-    matplotlib is missing."""
+    remote, emulated), plain millisecond ticks, labels placed where they overlap nothing. None without
+    matplotlib."""
     # the Figure API renders with Agg, without pyplot's global state
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -268,7 +279,7 @@ def plot(result: dict, png: Path) -> bool:
         from matplotlib.lines import Line2D
         from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
     except ImportError:
-        return False
+        return None
     from ..core.formats import FORMATS
 
     pts = [r for r in result["rows"] if r["status"] == "ok" and r.get("latency_ms")]
@@ -301,10 +312,7 @@ def plot(result: dict, png: Path) -> bool:
         ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     _place_labels(fig, ax, pts, xy)  # last: the layout is final, so the label boxes are where they are drawn
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    write_bytes(png, buf.getvalue())
-    return True
+    return fig
 
 
 def _log_ms_axis(ax, xs, FixedLocator, FuncFormatter, NullLocator) -> None:

@@ -77,8 +77,8 @@ def bench(paths: list[Path], data_dir: Path | None = None, device: str | None = 
     from rich.console import Console
 
     console = console or Console()
-    opts = check_options(data_dir, device, threads, compare, min_time, min_runs, formats, emulate)
     ropts = _check_remote(remote, ssh_options, remote_python, wheelhouse, remote_timeout, emulate)
+    opts = check_options(data_dir, device, threads, compare, min_time, min_runs, formats, emulate)
     with native_logs_aside(console, verbose):
         if ropts is None:
             targets = _targets(paths, opts, formats, verify)
