@@ -19,7 +19,6 @@ import io
 import json
 import shlex
 import tarfile
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -334,13 +333,20 @@ def prepare(sess: Session, targets, sets: dict, tmp: Path) -> dict:
 
 
 # ---- filling a wheelhouse ----------------------------------------------------------------------------
-def fill_wheelhouse(folder: Path, log=print) -> list[Path]:
-    """The aarch64 (Python 3.11) wheels of the light venv's packages, at this machine's versions."""
+PLATFORMS = {"aarch64": ("manylinux2014_aarch64", "manylinux_2_27_aarch64", "manylinux_2_28_aarch64"),
+             "x86_64": ("manylinux2014_x86_64", "manylinux_2_27_x86_64", "manylinux_2_28_x86_64")}
+
+
+def fill_wheelhouse(folder: Path, arch: str = "aarch64", python_version: str = "3.11", log=print) -> list[Path]:
+    """The wheels of the light venv's packages (requirements()) for a remote of `arch` and Python version,
+    at this machine's versions, downloaded here by pip."""
     from .armenv import wheel_pins
     from .emulate import _download_wheels
 
+    if arch not in PLATFORMS:
+        raise EdgetlError(f"--arch {arch}: one of {', '.join(PLATFORMS)}")
     folder.mkdir(parents=True, exist_ok=True)
-    return _download_wheels(wheel_pins(), folder, log)
+    return _download_wheels(wheel_pins(), folder, log, PLATFORMS[arch], python_version, "wheelhouse")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -348,14 +354,17 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     ap = argparse.ArgumentParser(prog="python -m edgetl.bench.remote",
-                                 description="Wheels for `edgetl bench --remote --wheelhouse DIR` on a device "
-                                             "without a package index (aarch64, Python 3.11).")
+                                 description="Wheels for `edgetl bench --remote HOST --wheelhouse DIR` on a device "
+                                             "without a package index.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("wheelhouse").add_argument("dir")
+    wh = sub.add_parser("wheelhouse", help="download the light venv's wheels into DIR")
+    wh.add_argument("dir")
+    wh.add_argument("--arch", default="aarch64", help="the remote's machine: aarch64 (default) or x86_64")
+    wh.add_argument("--python", default="3.11", help="the remote's Python version (default 3.11: Raspberry Pi OS "
+                                                     "bookworm)")
     a = ap.parse_args(argv)
     try:
-        with tempfile.TemporaryDirectory():
-            wheels = fill_wheelhouse(Path(a.dir))
+        wheels = fill_wheelhouse(Path(a.dir), a.arch, a.python)
     except EdgetlError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

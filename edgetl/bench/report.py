@@ -109,8 +109,9 @@ def _table(result: dict, emu: bool, comp: bool):
     from rich.table import Table
 
     host = result["host"]
-    tab = Table(title=f"edgetl bench — {result['device']} — {host['cpu']}, {host['cores']} cores, {host['arch']}",
-                title_justify="left")
+    remote = (result.get("remote") or {}).get("address")
+    tab = Table(title=f"edgetl bench — measured on {result['device']}{f' at {remote}' if remote else ''} — "
+                      f"{host['cpu']}, {host['cores']} cores, {host['arch']}", title_justify="left")
     splits = {r.get("accuracy_split") for r in result["rows"] if r.get("accuracy") is not None}
     acc = {"test": "test acc", "val": "val acc"}.get(splits.pop(), "accuracy") if len(splits) == 1 else "accuracy"
     cols = ["artifact", "thr", "load ms", "p50 ms", "p90/p99 ms", "mean ± std", "cpu ms", "img/s", acc,
