@@ -140,9 +140,6 @@ def _measure(targets, paths, data_dir, opts: Settings, json_path, out, compare, 
     keras_macs(targets)
     profile = opts.profile
     host = host_info()
-    if profile and profile.get("arch") and profile["arch"] != host["arch"] and sess is None:
-        console.print(f"[yellow]note:[/] profile {profile['name']!r} is for {profile['arch']}, this machine is "
-                      f"{host['arch']}: its threads/formats are applied, its reference numbers are not comparable")
     if opts.emulate_cpu:
         console.print(f"--emulate: each TFLite/ONNX file also runs on aarch64 kernels under QEMU ({opts.emulate_cpu}): "
                       "accuracy and agreement with this machine only, no latency", highlight=False)
@@ -154,6 +151,11 @@ def _measure(targets, paths, data_dir, opts: Settings, json_path, out, compare, 
             from .remote import prepare as prepare_remote
 
             where = prepare_remote(sess, targets, sets, Path(tmp))
+        other_arch = bool(profile and profile.get("arch") and profile["arch"] != where["arch"])
+        if other_arch:
+            console.print(f"[yellow]note:[/] profile {profile['name']!r} is for {profile['arch']}, "
+                          f"{'the remote' if sess else 'this machine'} is {where['arch']}: its threads/formats are "
+                          "applied, its reference numbers are not comparable")
         peak = fp32_peak(profile, where)
         threads = _thread_counts(opts, where, "the remote" if sess else "this machine", console)
         rows = measure_rows(targets, threads, sets, min_time, min_runs, peak, Path(tmp), opts.emulate_cpu,
@@ -161,8 +163,9 @@ def _measure(targets, paths, data_dir, opts: Settings, json_path, out, compare, 
     place = "remote" if sess else "here"
     for r in rows:
         r["measured_on"] = "emulated" if r.get("emulated_cpu") else place
-    # named after where the numbers were measured: a remote's detected or given profile, else its CPU
-    device_name = (profile or {}).get("name") if sess and profile else host_slug(where)
+    # named after where the numbers were measured: a remote's profile (detected or given, of its
+    # architecture), else the measuring machine's CPU
+    device_name = profile["name"] if sess and profile and not other_arch else host_slug(where)
 
     result = {"edgetl_bench": 1, "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
               "device": device_name, "profile": profile, "host": where, "peak": peak,
