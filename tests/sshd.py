@@ -90,8 +90,9 @@ def free_port() -> int:
 class Sshd:
     """A running sshd on 127.0.0.1 (start() / stop()); `options` are the --ssh-option values to reach it."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, cpuinfo: str | None = None):
         self.dir = folder
+        self.cpuinfo = cpuinfo  # as root: the /proc/cpuinfo the server's sessions read (e.g. a Pi's)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.user = getpass.getuser()
         self.proc: subprocess.Popen | None = None
@@ -145,7 +146,11 @@ class Sshd:
         small = self.dir / "small-disk"
         small.mkdir(exist_ok=True)
         script = (f"mount --bind {passwd} /etc/passwd && mount -t tmpfs -o mode=755 edgetl-test /run && "
-                  f"mkdir -m 755 /run/sshd && mount -t tmpfs -o size=1m edgetl-test-small {small} && exec \"$@\"")
+                  f"mkdir -m 755 /run/sshd && mount -t tmpfs -o size=1m edgetl-test-small {small} && ")
+        if self.cpuinfo is not None:
+            (self.dir / "cpuinfo").write_text(self.cpuinfo)
+            script += f"mount --bind {self.dir / 'cpuinfo'} /proc/cpuinfo && "
+        script += 'exec "$@"'
         self.small_disk = small
         return ["unshare", "--mount", "sh", "-c", script, "sh", *argv]
 

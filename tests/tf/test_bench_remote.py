@@ -227,3 +227,35 @@ def test_row_failing_remotely_is_named_and_the_others_kept(server, run, tmp_path
     assert res["rows"][0]["status"] == "error: timed out after 8 s on the remote (--remote-timeout)", res["rows"]
     assert r.exit_code == 2 and "no artifact could be measured" in r.stderr
     no_partial_files(cache)
+
+
+def test_device_profile_comes_from_the_remote_cpuinfo(run, tmp_path):
+    """A remote whose /proc/cpuinfo shows a Cortex-A72 is benched with the rpi4 profile (its formats; its
+    thread counts up to the remote's cores), and its board is recorded. The fake cpuinfo needs the
+    server's own mount namespace, so root."""
+    if os.geteuid() != 0:
+        pytest.skip("a fake /proc/cpuinfo for the server needs root (its own mount namespace)")
+    from edgetl.bench import armenv, devices
+
+    pi = armenv.cpuinfo_text("cortex-a72") + "Hardware\t: BCM2835\nModel\t\t: Raspberry Pi 4 Model B Rev 1.4\n"
+    try:
+        server = sshd.Sshd(tmp_path / "pi-sshd", cpuinfo=pi).start()
+    except Exception as e:
+        if in_ci():
+            raise
+        pytest.skip(f"no OpenSSH server: {e}")
+    try:
+        r = runner.invoke(app, ["bench", str(run), *FAST, "--out", str(tmp_path / "o"),
+                                *remote_args(server, tmp_path / "remote-cache")])
+    finally:
+        server.stop()
+    assert r.exit_code == 0, r.output
+    assert "its /proc/cpuinfo says --device rpi4" in r.output
+    res = json.loads((tmp_path / "o" / "bench.json").read_text())
+    profile = devices.load_device("rpi4")
+    assert res["profile"]["name"] == "rpi4" and res["remote"]["board"] == "Raspberry Pi 4 Model B Rev 1.4"
+    assert sorted({x["format"] for x in res["rows"]}) == sorted(profile["formats"])
+    cores = res["host"]["cores"]
+    assert sorted({x["threads"] for x in res["rows"]}) == [n for n in profile["threads"] if n <= cores]
+    # an x86 machine that only claims to be a Pi: its files are named after its CPU, not after the Pi
+    assert res["device"] == host_slug(res["host"]) and res["host"]["arch"] != "aarch64"
