@@ -278,6 +278,7 @@ def bench_figure(result: dict):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
         from matplotlib.lines import Line2D
+        from matplotlib.patches import Patch
         from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
     except ImportError:
         return None
@@ -306,7 +307,7 @@ def bench_figure(result: dict):
                  + (f" at {where['remote']}" if where.get("remote") else "")
                  + (f"\n{where.get('cpu')}, {where.get('cores')} cores" if where.get("cpu") else ""), fontsize=10)
     ax.grid(alpha=0.3, which="major")
-    handles = [Line2D([], [], linestyle="", marker="o", color=c, label=f) for f, c in colour.items()]
+    handles = [Patch(color=c, label=f) for f, c in colour.items()]  # colour swatches: the marker is the place
     handles += [Line2D([], [], linestyle="", marker=PLACE_MARKERS[p][0], color="grey", label=PLACE_MARKERS[p][1])
                 for p in places if p in PLACE_MARKERS] if len(places) > 1 or "here" not in places else []
     if handles:

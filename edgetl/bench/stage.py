@@ -92,6 +92,11 @@ def bench(paths: list[Path], data_dir: Path | None = None, device: str | None = 
                 console.print(f"remote {ropts.target}: its /proc/cpuinfo says --device {detected}", highlight=False)
                 opts = check_options(data_dir, detected, threads, compare, min_time, min_runs, formats, emulate)
             targets = _targets(paths, opts, formats, verify)
+            keras = [t for t in targets if t.fmt == "keras"]
+            if keras and len(keras) < len(targets):
+                console.print(f"{len(keras)} Keras model(s) not benched on the remote (no TensorFlow there)",
+                              highlight=False)
+                targets = [t for t in targets if t.fmt != "keras"]
             return _measure(targets, paths, data_dir, opts, json_path, out, compare, min_time, min_runs, console,
                             sess)
 
