@@ -15,7 +15,7 @@ from ..core.rundir import write_bytes, write_json
 CSV_COLUMNS = ["name", "format", "threads", "status", "load_ms", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms",
                "runs", "cpu_p50_ms", "throughput_ips", "accuracy", "accuracy_split", "eval_images", "bytes",
                "peak_rss_mb", "macs", "gmacs_per_s", "pct_of_fp32_peak", "image_size", "alpha", "file", "emulated_cpu", "agreement_vs_host",
-               "max_abs_dp_vs_host", "emulation_wall_s"]
+               "max_abs_dp_vs_host", "emulation_wall_s", "measured_on"]
 
 
 # ---- summary and compare ----------------------------------------------------------------------------
