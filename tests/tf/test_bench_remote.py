@@ -261,3 +261,47 @@ def test_device_profile_comes_from_the_remote_cpuinfo(run, tmp_path):
     assert sorted({x["threads"] for x in res["rows"]}) == [n for n in profile["threads"] if n <= cores]
     # an x86 machine that only claims to be a Pi: its files are named after its CPU, not after the Pi
     assert res["device"] == host_slug(res["host"]) and res["host"]["arch"] != "aarch64"
+
+
+def _processes_with(text: str) -> list[int]:
+    """Pids whose environment mentions `text` (here: a test's own remote cache folder)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if text.encode() in (d / "environ").read_bytes():
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
+
+
+def test_interrupted_remote_bench_stops_the_remote_worker(server, run, tmp_path):
+    """SIGTERM here during a remote row: 'terminated', nothing written here, and the worker there is
+    gone within seconds (the bench closes its ssh connection, and sshd ends what ran in it), no `.tmp-*`
+    left there."""
+    import signal
+    import subprocess
+    import time
+
+    cache = tmp_path / "remote-cache"
+    argv = [sys.executable, "-m", "edgetl", "bench", str(run), "--min-time", "120", "--format", "tflite-int8",
+            "--out", str(tmp_path / "o"), *remote_args(server, cache)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    src = str(cache / "edgetl" / "remote" / "src")
+    deadline = time.monotonic() + 120
+    while not [p for p in _processes_with(src) if p != proc.pid] and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    assert _processes_with(src), "the remote worker never started"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and "terminated" in err, (out, err)
+    deadline = time.monotonic() + 15
+    while _processes_with(src) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _processes_with(src), "a remote worker outlived the bench"
+    assert not (tmp_path / "o").exists()
+    no_partial_files(cache)
