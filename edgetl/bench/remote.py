@@ -14,6 +14,7 @@ device without a package index (`--wheelhouse DIR`).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -21,11 +22,12 @@ import shlex
 import tarfile
 import zipfile
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 from ..core.errors import EdgetlError
 from . import agent
-from .ssh import Connection, parse_options, parse_target, quote_path
+from .ssh import Connection, Target, parse_options, parse_target, quote_path
 from .worker import RESULT_TAG as WORKER_TAG
 
 MIN_PYTHON = (3, 9)
@@ -37,7 +39,7 @@ PYTHON_HINT = "install Python >= 3.9 there (e.g. `sudo apt install python3-venv`
 @dataclass
 class RemoteOptions:
     """The checked --remote options."""
-    target: object
+    target: Target
     ssh_options: list[str]
     python: str | None
     wheelhouse: Path | None
@@ -82,12 +84,10 @@ def build_wheel(folder: Path) -> Path:
     devices = REPO_DEVICES if REPO_DEVICES.is_dir() else PACKAGED_DEVICES
     files.update({f"edgetl/devices/{p.name}": p for p in sorted(devices.iterdir())
                   if p.suffix in (".toml", ".md", ".py")})
-    version = "0.0.0"
     try:
-        from importlib import metadata
         version = metadata.version("edgetl")
-    except Exception:  # running from a source tree that was never installed
-        pass
+    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        version = "0.0.0"
     info = f"edgetl-{version}.dist-info"
     meta = {f"{info}/METADATA": f"Metadata-Version: 2.1\nName: edgetl\nVersion: {version}\n",
             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: edgetl\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
@@ -97,7 +97,6 @@ def build_wheel(folder: Path) -> Path:
         def add(name: str, data: bytes):
             z.writestr(zipfile.ZipInfo(name, (2020, 1, 1, 0, 0, 0)), data)
             digest = hashlib.sha256(data).digest()
-            import base64
             record.append(f"{name},sha256={base64.urlsafe_b64encode(digest).rstrip(b'=').decode()},{len(data)}")
         for name, p in sorted(files.items()):
             add(name, p.read_bytes())
