@@ -95,7 +95,8 @@ def bench(cfg: BenchConfig) -> None:
     res = run_bench([Path(p) for p in cfg.target], data_dir=cfg.data, device=cfg.device, threads=cfg.threads,
                     json_path=cfg.json_out, out=cfg.out, compare=cfg.compare, min_time=cfg.min_time,
                     min_runs=cfg.min_runs, formats=cfg.formats, emulate=cfg.emulate, console=con,
-                    verify=not cfg.no_verify, verbose=cfg.verbose)
+                    verify=not cfg.no_verify, verbose=cfg.verbose, remote=cfg.remote, ssh_options=cfg.ssh_option,
+                    remote_python=cfg.remote_python, wheelhouse=cfg.wheelhouse, remote_timeout=cfg.remote_timeout)
     model = next((r["file"] for r in res["rows"] if r["status"] == "ok" and r["format"] != "keras"), None)
     if model:
         con.print(f"next: edgetl predict {model} IMAGE_OR_DIR", highlight=False, soft_wrap=True)

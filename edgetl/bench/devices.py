@@ -115,9 +115,13 @@ def host_slug(host: dict) -> str:
 
 
 def fp32_peak(profile: dict | None, host: dict) -> dict:
-    """The FP32 peak that % of peak is measured against: the profile's when it names one, else this CPU's."""
-    if profile and profile.get("peak", {}).get("fp32_gflops_per_core"):
+    """The FP32 peak that % of peak is measured against: that of `host`, the machine the rows run on; the
+    profile's only when that machine's clock is unknown and the profile is for its architecture."""
+    own = dict(host["peak"])
+    if own.get("fp32_gflops_per_core") or not profile or profile.get("arch", host.get("arch")) != host.get("arch"):
+        return own
+    if profile.get("peak", {}).get("fp32_gflops_per_core"):
         peak = {**profile["peak"], "basis": profile["peak"].get("basis", "device profile")}
         peak.setdefault("fp32_gmacs_per_core", peak["fp32_gflops_per_core"] / 2)
         return peak
-    return dict(host["peak"])
+    return own
