@@ -36,9 +36,9 @@ def measure(run_path: Path) -> dict:
     for mode in ("plain", "controlled"):
         ctx = build_context(run, run.split_items("train"), run.split_items("val"), 200)
         test = _test_set(ctx)
-        saved = control.TARGET_AGREEMENT, control.VAL_AGREEMENT
+        saved = control.TARGET_AGREEMENT, control.VAL_AGREEMENT, control.NOISE_CUT
         if mode == "plain":
-            control.TARGET_AGREEMENT, control.VAL_AGREEMENT = 0.0, 0.0
+            control.TARGET_AGREEMENT, control.VAL_AGREEMENT, control.NOISE_CUT = 0.0, 0.0, 0.0
         try:
             results: dict = {}
             for name in ("tflite-int8", "onnx-int8"):
@@ -62,7 +62,7 @@ def measure(run_path: Path) -> dict:
                 out[f"{mode}/{name}"] = row
                 print(run_path.name, mode, name, json.dumps(row), flush=True)
         finally:
-            control.TARGET_AGREEMENT, control.VAL_AGREEMENT = saved
+            control.TARGET_AGREEMENT, control.VAL_AGREEMENT, control.NOISE_CUT = saved
     return out
 
 

@@ -15,14 +15,17 @@ The ladder, for TFLite and ONNX alike (an ONNX int8 file is converted from the T
    answer). Ops are ranked by the share of that noise, on RANK_IMAGES calibration images, that keeping the
    op alone in float removes.
 3. A rung meets the target when its file passes --max-drop on val (the check every int8 file gets),
-   agrees with the model on at least VAL_AGREEMENT of val, and its estimated agreement on unseen images is
-   at least TARGET_AGREEMENT. The estimate adds every measured noise sample (int8 minus float features of
-   a calibration or val image) to every val image's float features and counts how often the head's top-1
-   class flips: label-free, and with far more samples than a small val split has images.
+   agrees with the model on at least VAL_AGREEMENT of val, and either its estimated agreement on unseen
+   images is at least TARGET_AGREEMENT or it removes at least NOISE_CUT of the plain file's head noise
+   (on calibration and val images). The estimate adds every measured noise sample (int8 minus float
+   features of a calibration or val image) to every val image's float features and counts how often the
+   head's top-1 class flips: label-free, with far more samples than a small val split has images. It is
+   what decides whether the plain file is enough; near-ties set a floor under it that no op in float
+   lifts much, so the ladder's own goal is the share of head noise removed.
 4. Rungs are tried in order (the plain file, then the top 1, 2, ... ranked ops, at most MAX_FLOAT_OPS);
-   the first that meets the target ships. Without one, the rung that passes --max-drop with the highest
-   estimate ships (ops in float only for a gain of at least MIN_GAIN) and the missed target is said; exit 3
-   only when no rung passes --max-drop.
+   the first that meets the target ships. Without one, the rung that passes --max-drop and removes the
+   most head noise ships (ops in float only from MIN_CUT on) and the missed target is said; exit 3 only
+   when no rung passes --max-drop.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ from .convert import calibrated, tflite_int8_bytes
 
 TARGET_AGREEMENT = 0.985  # estimated top-1 agreement with the model on unseen images
 VAL_AGREEMENT = 0.97  # measured top-1 agreement on val
-MIN_GAIN = 0.002  # estimated agreement that justifies ops in float when the target is out of reach
+NOISE_CUT = 0.30  # share of the plain file's head noise whose removal meets the target
+MIN_CUT = 0.10  # share of head noise whose removal justifies ops in float when the target is out of reach
 MAX_FLOAT_OPS = 8
 RANK_IMAGES = 64  # calibration images the ranking measures the noise on
 ESTIMATE_NOISE = 200  # noise samples (calibration + val images) the estimate resamples
@@ -58,6 +62,8 @@ class Rung:
     labels: list  # their short names, for people
     parity: dict | None = None
     estimate: float | None = None
+    noise: float | None = None  # mean squared change of the head's logits (estimate's samples)
+    cut: float = 0.0  # share of the plain file's head noise this rung removes
     error: str | None = None  # why the file could not be made or checked
     extra: dict = field(default_factory=dict)
 
@@ -67,8 +73,8 @@ class Rung:
 
     @property
     def meets_target(self) -> bool:
-        return (self.passes_drop and self.parity["agreement"] >= VAL_AGREEMENT
-                and self.estimate is not None and self.estimate >= TARGET_AGREEMENT)
+        return (self.passes_drop and self.parity["agreement"] >= VAL_AGREEMENT and self.estimate is not None
+                and (self.estimate >= TARGET_AGREEMENT or self.cut >= NOISE_CUT))
 
 
 class _Features:
@@ -93,6 +99,7 @@ class _Features:
         self.f_noise = _flat(predict(bottom, self.noise_x))
         self.f_val = _flat(predict(bottom, self.val_x))
         self.z_rank = self.logits(self.f_rank)
+        self.z_noise = self.logits(self.f_noise)
         self.top_val = self.logits(self.f_val).argmax(1)
 
     def logits(self, f: np.ndarray) -> np.ndarray:
@@ -112,17 +119,19 @@ class _Features:
         d = self.logits(self.int8(tfl, self.rank_x)) - self.z_rank
         return float(((d - d.mean(1, keepdims=True)) ** 2).mean())
 
-    def estimate(self, tfl: bytes, named: bytes | None = None, chunk: int = 20) -> float:
-        """Estimated top-1 agreement of the int8 file with the model on unseen images: every noise sample
-        (int8 minus float features of one image) added to every val image's float features, through the
-        model's own head."""
+    def estimate(self, tfl: bytes, named: bytes | None = None, chunk: int = 20) -> tuple[float, float]:
+        """(estimated top-1 agreement of the int8 file with the model on unseen images, its head noise).
+        The estimate adds every noise sample (int8 minus float features of one image) to every val image's
+        float features and runs the model's own head; the head noise is `noise()` on the same samples."""
         e = self.int8(tfl, self.noise_x, named) - self.f_noise
+        d = self.logits(self.f_noise + e) - self.z_noise
+        head_noise = float(((d - d.mean(1, keepdims=True)) ** 2).mean())
         flips = 0
         for j in range(0, len(e), chunk):
             z = (self.f_val[:, None, :] + e[None, j:j + chunk, :]).reshape(-1, self.f_val.shape[1])
             top1 = self.logits(z).argmax(1).reshape(len(self.f_val), -1)
             flips += int((top1 != self.top_val[:, None]).sum())
-        return 1.0 - flips / float(len(self.f_val) * len(e))
+        return 1.0 - flips / float(len(self.f_val) * len(e)), head_noise
 
 
 def _flat(a: np.ndarray) -> np.ndarray:
@@ -162,24 +171,24 @@ def rungs(ranked: list[tuple[str, float]]) -> list[tuple]:
 
 def choose(tried: list[Rung]) -> tuple[Rung | None, str]:
     """The rung that ships and why: the first that meets the target; else, of those that pass --max-drop,
-    the one with the highest estimated agreement (ops in float only for a gain of at least MIN_GAIN over
-    the plain file); None when no rung passes --max-drop."""
+    the one that removes the most head noise (ops in float only if that is at least MIN_CUT); None when no
+    rung passes --max-drop."""
     for r in tried:
         if r.meets_target:
             return r, "target met"
-    passing = [r for r in tried if r.passes_drop and r.estimate is not None]
+    passing = [r for r in tried if r.passes_drop]
     if not passing:
         return None, "no rung passes --max-drop"
-    best = max(passing, key=lambda r: (r.estimate, -len(r.float_ops)))
-    plain = next((r for r in passing if not r.float_ops), None)
-    if plain is not None and best.estimate < plain.estimate + MIN_GAIN:
-        best = plain
+    best = max(passing, key=lambda r: (r.cut, -len(r.float_ops)))
+    if best.cut < MIN_CUT and any(not r.float_ops for r in passing):
+        best = next(r for r in passing if not r.float_ops)
     return best, "target missed"
 
 
 def describe(r: Rung) -> dict:
     """A rung as the manifest records it."""
-    out = {"float_ops": list(r.labels), "estimated_agreement": None if r.estimate is None else round(r.estimate, 4)}
+    out = {"float_ops": list(r.labels), "estimated_agreement": None if r.estimate is None else round(r.estimate, 4),
+           "noise_cut": round(r.cut, 4)}
     if r.parity is not None:
         out.update(accuracy=r.parity["accuracy"], agreement=r.parity["agreement"],
                    drop_points=r.parity["drop_points"], ok=bool(r.parity.get("ok")))
@@ -202,7 +211,9 @@ def run_ladder(ctx: ExportContext, quantize, check) -> tuple[Rung | None, dict]:
         r = Rung(ops, [short_name(n) for n in ops])
         try:
             r.parity = check(ops)
-            r.estimate = feats.estimate(quantize(ops))
+            r.estimate, r.noise = feats.estimate(quantize(ops))
+            if tried and tried[0].noise:
+                r.cut = 1.0 - r.noise / tried[0].noise
         except (ArtifactCheckError, EdgetlError) as e:
             r.error = str(e)
         tried.append(r)
@@ -213,7 +224,8 @@ def run_ladder(ctx: ExportContext, quantize, check) -> tuple[Rung | None, dict]:
             ladder = rungs(ranked)
         i += 1
     chosen, why = choose(tried)
-    record = {"target": {"estimated_agreement": TARGET_AGREEMENT, "val_agreement": VAL_AGREEMENT},
+    record = {"target": {"estimated_agreement": TARGET_AGREEMENT, "noise_cut": NOISE_CUT,
+                         "val_agreement": VAL_AGREEMENT},
               "result": why, "rungs": [describe(r) for r in tried],
               "float_ops": list(chosen.labels) if chosen else None}
     if ranked:
@@ -227,7 +239,7 @@ def budget_estimate(ctx: ExportContext, layers: list[int]) -> float:
     from .requantize import per_tensor
 
     src = tflite_int8_bytes(ctx, "float32")
-    return features(ctx).estimate(per_tensor(src, layers), named=src)
+    return features(ctx).estimate(per_tensor(src, layers), named=src)[0]
 
 
 def latency_ratio(fmt, plain: bytes, chosen: bytes) -> float:

@@ -264,6 +264,7 @@ def plain_int8(monkeypatch):
 
     monkeypatch.setattr(control, "TARGET_AGREEMENT", 0.0)
     monkeypatch.setattr(control, "VAL_AGREEMENT", 0.0)
+    monkeypatch.setattr(control, "NOISE_CUT", 0.0)
 
 
 def test_size_budget_gives_the_fewest_layers_per_tensor_scales(ctx, monkeypatch, plain_int8):
@@ -387,27 +388,30 @@ def test_ops_kept_in_float_are_float_in_the_file(ctx):
     assert control.short_name(body[0]) == body[0].split(";")[0].split("/")[1]
 
 
-def _rung(ops, ok=True, agreement=1.0, estimate=1.0):
+def _rung(ops, ok=True, agreement=1.0, estimate=1.0, cut=0.0):
     from edgetl.export.control import Rung
 
     return Rung(tuple(ops), list(ops), parity={"ok": ok, "agreement": agreement, "accuracy": 0.9,
-                                                "drop_points": 0.0}, estimate=estimate)
+                                                "drop_points": 0.0}, estimate=estimate, cut=cut)
 
 
-def test_the_control_ships_the_first_rung_that_meets_the_target_else_the_best_estimate():
-    """The first rung that passes --max-drop, agrees on val and is estimated to agree on unseen images
-    ships; without one, the passing rung with the highest estimate (ops in float only for a real gain);
-    none when no rung passes --max-drop."""
-    from edgetl.export.control import MIN_GAIN, TARGET_AGREEMENT, choose, rungs
+def test_the_control_ships_the_first_rung_that_meets_the_target_else_the_least_noise():
+    """The first rung that passes --max-drop, agrees on val and is estimated to agree on unseen images (or
+    removes enough of the head's int8 noise) ships; without one, the passing rung that removes the most
+    noise (ops in float only for a real cut); none when no rung passes --max-drop."""
+    from edgetl.export.control import MIN_CUT, NOISE_CUT, TARGET_AGREEMENT, choose, rungs
 
     low = TARGET_AGREEMENT - 0.01
-    tried = [_rung([], estimate=low), _rung(["a"], estimate=low), _rung(["a", "b"], estimate=TARGET_AGREEMENT)]
+    tried = [_rung([], estimate=low), _rung(["a"], estimate=low, cut=NOISE_CUT / 2),
+             _rung(["a", "b"], estimate=TARGET_AGREEMENT)]
     assert choose(tried) == (tried[2], "target met")
-    tried[2] = _rung(["a", "b"], agreement=0.5, estimate=low + 2 * MIN_GAIN)  # val disagrees
+    tried[2] = _rung(["a", "b"], estimate=low, cut=NOISE_CUT)
+    assert choose(tried) == (tried[2], "target met")
+    tried[2] = _rung(["a", "b"], agreement=0.5, estimate=low, cut=NOISE_CUT)  # val disagrees
     assert choose(tried) == (tried[2], "target missed")
-    tried[2] = _rung(["a", "b"], agreement=0.5, estimate=low + MIN_GAIN / 2)  # too small a gain
+    tried = [_rung([], estimate=low), _rung(["a"], estimate=low, cut=MIN_CUT / 2)]  # too small a cut
     assert choose(tried) == (tried[0], "target missed")
-    tried = [_rung([], ok=False, estimate=low), _rung(["a"], estimate=low - 0.05), _rung(["a", "b"], ok=False)]
+    tried = [_rung([], ok=False, estimate=low), _rung(["a"], estimate=low, cut=0.01), _rung(["a", "b"], ok=False)]
     assert choose(tried) == (tried[1], "target missed")
     assert choose([_rung([], ok=False), _rung(["a"], ok=False)]) == (None, "no rung passes --max-drop")
     assert rungs([("a", 0.5), ("b", 0.2), ("c", 0.0)]) == [(), ("a",), ("a", "b")]
@@ -422,6 +426,7 @@ def test_export_climbs_the_ladder_and_records_it(ctx, tmp_path, monkeypatch):
     from edgetl.export.stage import export_run
 
     monkeypatch.setattr(control, "TARGET_AGREEMENT", 1.01)  # unreachable: every rung is tried
+    monkeypatch.setattr(control, "NOISE_CUT", 1.01)
     monkeypatch.setattr(control, "MAX_FLOAT_OPS", 3)
     shutil.copytree(ctx.run.path, tmp_path / "run", ignore=shutil.ignore_patterns("*.tflite", "*.onnx",
                                                                                    "manifest.json"))
