@@ -21,6 +21,7 @@ from rich.console import Console
 
 from .bench.config import BenchConfig
 from .compare.config import CompareConfig
+from .core.config import check_floats
 from .core.errors import EdgetlError, Terminated
 from .export.config import ExportConfig
 from .predict import PredictConfig
@@ -52,7 +53,9 @@ def command(config_cls):
         def run(**kwargs):
             try:
                 with sigterm_as_interrupt():
-                    return fn(config_cls(**kwargs))
+                    cfg = config_cls(**kwargs)
+                    check_floats(cfg)
+                    return fn(cfg)
             except EdgetlError as e:
                 err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
                 raise typer.Exit(e.exit_code) from None

@@ -12,7 +12,7 @@ import numpy as np
 from ..core import data as datamod
 from ..core.config import opt
 from ..core.errors import EdgetlError
-from ..core.outdir import COMPARE_FILE
+from ..core.outdir import COMPARE_FILE, check_inputs_outside
 from ..model.recipe import Recipe, check_backbone, check_recipe
 
 
@@ -163,6 +163,7 @@ def validate(cfg: CompareConfig) -> Prepared:
     check_recipe(cfg, COMPARE_FILE)
     alpha, size = check_backbone(cfg.alpha, cfg.image_size, cfg.weights)
     split = datamod.scan(cfg.data, cfg.val_split, cfg.seed)
+    check_inputs_outside(cfg.out, cfg.overwrite, split.reached)
     counts = [sum(1 for _, y in split.train if y == c) for c in range(len(split.classes))]
     check_fractions(fractions, counts, split.classes, cfg.fractions)
     return Prepared(cfg, split, alpha, size, fractions, budget)

@@ -165,3 +165,86 @@ def test_an_edited_run_is_one_line(tmp_path):
     (run / "model-fp32.tflite").write_bytes(b"x" * 64)
     (run / "manifest.json").write_text("[1, 2")
     one_line_error(runner.invoke(app, ["bench", str(run)]), "manifest.json is corrupt; re-run `edgetl export")
+
+
+# ---- inputs --overwrite could reach ------------------------------------------------------------------------
+TINY_ARGS = ["--weights", "random", "--alpha", "0.35", "--image-size", "32"]
+
+
+def images_under(folder: Path) -> int:
+    return sum(1 for p in folder.rglob("*.jpg") if p.is_file())
+
+
+def test_overwrite_refuses_a_run_holding_the_test_folder(tmp_path):
+    data = factory.image_folder(tmp_path / "d", per_class=3, size=32)
+    run = factory.fake_run(tmp_path / "r")
+    factory.image_folder(run / "testimgs", per_class=2, size=32, split=False)
+    res = runner.invoke(app, ["train", str(data), "--test", str(run / "testimgs"), "--out", str(run),
+                              "--overwrite", *TINY_ARGS])
+    one_line_error(res, f"--out {run} contains --test {run / 'testimgs'}", "would delete your test images")
+    assert images_under(run / "testimgs") == 4
+
+
+def test_overwrite_refuses_a_run_a_class_folder_links_into(tmp_path):
+    data = factory.image_folder(tmp_path / "d", per_class=3, size=32)
+    run = factory.fake_run(tmp_path / "r")
+    factory.image_folder(run / "extra", classes=("ants",), per_class=4, size=32, split=False)
+    (data / "train" / "ants").symlink_to(run / "extra" / "ants", target_is_directory=True)
+    (data / "val" / "ants").mkdir()
+    factory.image_folder(tmp_path / "v", classes=("ants",), per_class=2, size=32, split=False)
+    for p in (tmp_path / "v" / "ants").iterdir():
+        p.rename(data / "val" / "ants" / p.name)
+    (run / "compare.json").write_text(json.dumps({"edgetl_version": "0", "results": [], "fractions": []}))
+    for command in ("train", "compare"):
+        res = runner.invoke(app, [command, str(data), "--out", str(run), "--overwrite", *TINY_ARGS])
+        one_line_error(res, f"--out {run} holds {data / 'train' / 'ants'}", "--overwrite would delete it")
+    assert images_under(run / "extra") == 4
+
+
+def test_overwrite_refuses_a_run_holding_the_weights_file(tmp_path):
+    data = factory.image_folder(tmp_path / "d", per_class=3, size=32)
+    run = factory.fake_run(tmp_path / "r")
+    (run / "w.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
+    res = runner.invoke(app, ["train", str(data), "--out", str(run), "--overwrite", "--weights", str(run / "w.h5"),
+                              "--alpha", "0.35", "--image-size", "96"])
+    one_line_error(res, f"--out {run} contains --weights {run / 'w.h5'}", "would delete your weights file")
+
+
+def test_a_new_out_inside_data_or_test_is_refused(tmp_path):
+    data = factory.image_folder(tmp_path / "d", per_class=3, size=32, split=False)
+    res = runner.invoke(app, ["train", str(data), "--out", str(data / "runs" / "r"), *TINY_ARGS])
+    one_line_error(res, f"--out {data / 'runs' / 'r'} sits inside DATA {data}", "would be read as images")
+    other = factory.image_folder(tmp_path / "t", per_class=2, size=32, split=False)
+    res = runner.invoke(app, ["train", str(data), "--test", str(other), "--out", str(other / "r"), *TINY_ARGS])
+    one_line_error(res, f"sits inside --test {other}")
+    assert not (data / "runs").exists() and not (other / "r").exists()
+
+
+def test_a_link_loop_in_a_class_folder_is_an_error_naming_both_paths(tmp_path):
+    data = factory.image_folder(tmp_path / "d", classes=("ants", "bees"), per_class=3, size=32)
+    loop = data / "train" / "ants" / "loop"
+    loop.symlink_to("..", target_is_directory=True)
+    from edgetl.core import data as datamod
+
+    with pytest.raises(EdgetlError) as e:
+        datamod.scan(data)
+    assert str(e.value).startswith(f"{loop} and {data / 'train'} are the same folder") and "\n" not in str(e.value)
+    res = runner.invoke(app, ["train", str(data), "--out", str(tmp_path / "o"), *TINY_ARGS])
+    one_line_error(res, f"{loop} and {data / 'train'} are the same folder")
+
+
+def test_two_class_folders_at_one_place_are_an_error(tmp_path):
+    from edgetl.core import data as datamod
+
+    root = factory.image_folder(tmp_path / "d", per_class=3, size=32, split=False)
+    (root / "birds").symlink_to(root / "dogs", target_is_directory=True)
+    with pytest.raises(EdgetlError, match=f"{root / 'dogs'} and {root / 'birds'} are the same folder"):
+        datamod.scan(root)
+    (root / "birds").unlink()
+    (root / "cats" / "up").symlink_to(root, target_is_directory=True)  # a link around the whole DATA
+    with pytest.raises(EdgetlError, match="are the same folder"):
+        datamod.scan(root)
+    (root / "cats" / "up").unlink()
+    (root / "cats" / "same.jpg").symlink_to(root / "dogs" / "img_0.jpg")  # one file under two labels
+    with pytest.raises(EdgetlError, match=r"are the same file .* in class folders '(cats|dogs)' and '(cats|dogs)'"):
+        datamod.scan(root)
