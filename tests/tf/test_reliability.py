@@ -265,12 +265,15 @@ def test_killed_exports_leave_a_true_manifest(tiny_run, tiny_exported, tmp_path)
         manifest_true(run)  # whatever the moment: every listed file is there as listed
         assert "tflite-fp32" not in Run(run).manifest["artifacts"]
         assert (run / "model-fp32.tflite").is_file()  # old or new: listed by no entry
-        if i == 0:  # the next export names what it removes, and leaves disk and manifest in agreement
+        # the file no entry lists is whole (old or new: renamed in at once) and its seal verifies: the next
+        # export gives it its entry back, names that, and leaves disk and manifest in agreement
+        if i == 0:
             res = runner.invoke(app, ["export", str(run), "--format", "tflite-fp16"])
             assert res.exit_code == 0, res.output
-            assert "removed model-fp32.tflite: manifest.json does not list it" in res.output.replace("\n", " ")
+            assert "kept model-fp32.tflite: its sealed sha256 verifies" in res.output.replace("\n", " ")
         else:
-            assert [n.split(":")[0] for n in manifest_file.begin(Run(run))] == ["removed model-fp32.tflite"]
+            assert [n.split(":")[0] for n in manifest_file.begin(Run(run))] == ["kept model-fp32.tflite"]
+        assert Run(run).manifest["artifacts"]["tflite-fp32"]["status"] == "ok"
         disk_matches_manifest(run)
 
 
