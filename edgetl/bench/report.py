@@ -246,15 +246,19 @@ def output_folder(paths: list[Path], out: Path | None) -> tuple[Path, str]:
 
 
 def _probe(folder: Path, flag: str) -> None:
-    """Create `folder` if needed and write a temp file in it (permissions, read-only mounts, full disks and
-    root alike: the write itself is the test)."""
+    """Write a temp file in `folder`, or in its nearest existing ancestor when it is still to be made (the
+    write itself is the test: permissions, read-only mounts and root alike); nothing is left behind."""
     import tempfile
 
     if folder.exists() and not folder.is_dir():
         raise EdgetlError(f"{flag} {folder}: exists and is not a folder")
+    at = folder.absolute()
+    while not at.exists():
+        at = at.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        if not at.is_dir():
+            raise NotADirectoryError(20, f"{at} is not a folder")
+        with tempfile.TemporaryFile(dir=at):
             pass
     except OSError as e:
         raise EdgetlError(f"{flag} {folder}: cannot write in it ({e.strerror}); nothing was measured") from None

@@ -311,3 +311,31 @@ def seeded_subset(items: list, n: int, seed: int) -> list:
         return list(items)
     rng = random.Random(seed)
     return sorted(rng.sample(items, n))
+
+
+MIN_CLASS_IMAGES = 5  # fewer decodable training images in a class than this: a warning (its scores are noise)
+
+
+def duplicates_across_splits(splits: dict) -> list[dict]:
+    """Images with identical decoded pixels in two different splits ({name: (pixels, paths)}), e.g. one photo
+    copied into train/ and test/ under another name: val/test accuracy would count it as unseen. One entry
+    per such image: {"splits": "train/test", "files": [path, path]}."""
+    import hashlib
+
+    first: dict[bytes, tuple[str, str]] = {}
+    out = []
+    for name, (pixels, paths) in splits.items():
+        for px, path in zip(pixels, paths):
+            key = hashlib.sha256(px.tobytes()).digest()
+            seen = first.setdefault(key, (name, str(path)))
+            if seen[0] != name:
+                out.append({"splits": f"{seen[0]}/{name}", "files": [seen[1], str(path)]})
+    return out
+
+
+def small_classes(labels, classes: list[str], minimum: int = MIN_CLASS_IMAGES) -> dict[str, int]:
+    """{class: training images} of the classes with fewer than `minimum` of them."""
+    counts = {c: 0 for c in classes}
+    for y in labels:
+        counts[classes[int(y)]] += 1
+    return {c: n for c, n in counts.items() if n < minimum}
