@@ -251,16 +251,19 @@ class Run:
         classes = self.classes
         split = self.meta.get("split") or {}
         for which in ("train", "val", "test"):
-            items = split.get(which) or []
+            items = [(str(p), y) for p, y in (split.get(which) or []) if isinstance(y, int)]
+            wrong = []  # (label, the class whose folders hold its images)
             for i, c in enumerate(classes):
-                parts = [set(Path(str(p)).parts) for p, y in items if y == i]
-                own = sum(c in ps for ps in parts)
+                parts = [set(Path(p).parts) for p, y in items if y == i]
                 other = {o: sum(o in ps for ps in parts) for o in classes if o != c}
                 worst = max(other, key=other.get, default=None)
-                if parts and own == 0 and worst is not None and other[worst] > 0:
-                    raise EdgetlError(f"RUN {self.path}: {META_FILE} names label {i} {c!r}, but its {which} images "
-                                      f"lie in {worst}/ folders (e.g. {next(p for p, y in items if y == i)}); "
-                                      f"restore the class order of {LABELS_FILE} or re-run `edgetl train`")
+                if parts and not any(c in ps for ps in parts) and worst is not None and other[worst] > 0:
+                    wrong.append((i, worst))
+            if len(wrong) >= 2:  # names moved between labels; one alone may be a class folder linked elsewhere
+                i, worst = wrong[0]
+                raise EdgetlError(f"RUN {self.path}: {META_FILE} names label {i} {classes[i]!r}, but its {which} "
+                                  f"images lie in {worst}/ folders (e.g. {next(p for p, y in items if y == i)}); "
+                                  f"restore the class order of {LABELS_FILE} or re-run `edgetl train`")
 
     def write_meta(self) -> None:
         write_json(self.path / META_FILE, self.meta)

@@ -276,6 +276,12 @@ def test_class_names_swapped_in_edgetl_json_are_one_line(tmp_path):
                    f"RUN {run}: edgetl.json names label 0 'dogs', but its train images lie in cats/ folders")
     linked = run_with_model(tmp_path / "linked", classes=("ants", "bees"))  # paths that name no class: no opinion
     Run(linked).check_labels()
+    # one class folder that is a link to a folder named like another class (paths are recorded resolved): no error
+    one = run_with_model(tmp_path / "one", classes=("cats", "mice"))
+    meta = json.loads((one / "edgetl.json").read_text())
+    meta["split"]["train"] = [[p.replace("/train/dogs/", "/elsewhere/cats/"), y] for p, y in meta["split"]["train"]]
+    (one / "edgetl.json").write_text(json.dumps(meta))
+    Run(one).check_labels()
 
 
 def test_bench_and_predict_refuse_a_file_of_another_model_or_other_labels(tmp_path):
