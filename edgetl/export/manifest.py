@@ -101,7 +101,8 @@ def begin(run: Run) -> list[str]:
                 continue
             buf = path.read_bytes()
             made_from = embedded_field(buf, "model_sha256")
-            if sealed_intact(buf) and made_from == model and embedded_field(buf, "format") == fmt.name:
+            labels = b'"classes": ' + json.dumps(run.classes).encode() in buf  # as the embedded JSON writes them
+            if sealed_intact(buf) and made_from == model and labels and embedded_field(buf, "format") == fmt.name:
                 arts[fmt.name] = {"file": fmt.filename, "bytes": len(buf), "sha256": sha256_file(path), "status": "ok",
                                   "rebuilt": "entry rebuilt from the file's sealed sha256 and model_sha256; its "
                                              "check ran when it was exported"}
@@ -110,6 +111,7 @@ def begin(run: Run) -> list[str]:
                 continue
             os.unlink(path)
             why = (f"made from another {MODEL_FILE}" if made_from and made_from != model else
+                   "its labels differ from the run's" if made_from and not labels else
                    "manifest.json does not list it as written (an interrupted export, or changed since)")
             notes.append(f"removed {fmt.filename}: {why}; re-export it with --format {fmt.name}")
         for name in (MANIFEST_FILE, *(f.filename for f in FORMATS.values())):

@@ -158,7 +158,7 @@ def sealed(fmt: str, model_sha: str, body: bytes = b"weights" * 50) -> bytes:
     """Bytes shaped like an exported file: edgetl metadata with a seal, the format and the model it came from."""
     from edgetl.core import artifact
 
-    meta = json.dumps({"content_sha256": artifact.SEAL_PLACEHOLDER, "format": fmt,
+    meta = json.dumps({"content_sha256": artifact.SEAL_PLACEHOLDER, "format": fmt, "classes": RUN_META["classes"],
                        "source": {"model_sha256": model_sha}}, sort_keys=True).encode()
     return artifact.seal(body + meta + body)
 
@@ -243,3 +243,14 @@ def test_an_unreadable_manifest_is_one_line(run, monkeypatch):
     for read in (lambda: manifest.read(run), lambda: Run(run.path).manifest):
         with pytest.raises(manifest.EdgetlError, match=r"cannot read manifest.json \(Permission denied\)"):
             read()
+
+
+def test_files_with_other_labels_are_not_rebuilt(run):
+    model = sha256_file(run.model_path)
+    manifest.begin(run)
+    manifest.put_file(run, "tflite-fp32", sealed("tflite-fp32", model), {"status": "ok"})
+    meta = json.loads((run.path / "edgetl.json").read_text())
+    (run.path / "edgetl.json").write_text(json.dumps({**meta, "classes": ["b", "a"]}))  # names changed since
+    notes = manifest.begin(Run(run.path))
+    assert notes == ["removed model-fp32.tflite: its labels differ from the run's; re-export it with --format "
+                     "tflite-fp32"] and artifact_files(run) == set()
