@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import inspect
 import os
@@ -21,6 +22,8 @@ from rich.console import Console
 
 from .bench.config import BenchConfig
 from .compare.config import CompareConfig
+from .core.config import check_floats
+from .core.console import shown
 from .core.errors import EdgetlError, Terminated
 from .export.config import ExportConfig
 from .predict import PredictConfig
@@ -52,10 +55,21 @@ def command(config_cls):
         def run(**kwargs):
             try:
                 with sigterm_as_interrupt():
-                    return fn(config_cls(**kwargs))
+                    cfg = config_cls(**kwargs)
+                    check_floats(cfg)
+                    return fn(cfg)
             except EdgetlError as e:
-                err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+                err.print(f"[bold red]error:[/] {shown(e)}", highlight=False, soft_wrap=True)
                 raise typer.Exit(e.exit_code) from None
+            except Exception as e:  # a full disk or a file-size limit: one line naming the place
+                full = _no_space(e)
+                if full is None:
+                    raise
+                where = full.filename or _output_of(kwargs)
+                err.print(f"[bold red]error:[/] {shown(where)}: {full.strerror}; the previous files there are "
+                          "intact (nothing was left half-written); free space or raise the limit, then run again",
+                          highlight=False, soft_wrap=True)
+                raise typer.Exit(2) from None
             except KeyboardInterrupt as e:
                 term = isinstance(e, Terminated)
                 err.print(f"[bold red]{'terminated' if term else 'interrupted'}[/]: nothing was left half-written")
@@ -120,6 +134,25 @@ def compare(cfg: CompareConfig) -> None:
     from .compare.stage import compare as run_compare
 
     run_compare(cfg, Console(stderr=True), prepared=validate(cfg))
+
+
+NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # disk full, file-size limit (ulimit -f), quota
+
+
+def _no_space(e: BaseException) -> OSError | None:
+    """The OSError of a full disk or a size limit behind `e` (libraries wrap it), else None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in NO_SPACE:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _output_of(kwargs: dict) -> str:
+    """What a command writes, for a message: --out, else RUN."""
+    return str(kwargs.get("out") or kwargs.get("run") or "the output folder")
 
 
 @contextlib.contextmanager

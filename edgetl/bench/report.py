@@ -7,6 +7,7 @@ import csv
 import datetime as _dt
 import io
 import json
+import os
 from pathlib import Path
 
 from ..core.errors import EdgetlError
@@ -52,9 +53,27 @@ def load_compare(path: Path) -> dict:
         prev = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise EdgetlError(f"--compare {p}: not a JSON file") from None
+    except OSError as e:
+        raise EdgetlError(f"--compare {p}: cannot read it ({e.strerror})") from None
     if not isinstance(prev, dict) or "rows" not in prev:
         raise EdgetlError(f"--compare {p}: not an `edgetl bench` JSON (no 'rows')")
+    rows = prev["rows"]
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise EdgetlError(f"--compare {p}: 'rows' is not a list of bench rows; give a JSON `edgetl bench` wrote")
+    rows[:] = [r for r in rows if all(isinstance(r.get(k), (str, int, type(None))) and not isinstance(r.get(k), bool)
+                                      for k in ("name", "threads", "format", "emulated_cpu"))]
+    for r in rows:
+        for k in ("latency_ms", "accuracy", "bytes"):
+            v = r.get(k)
+            if k == "latency_ms" and v is not None and not (isinstance(v, dict) and _num(v.get("p50")) and v["p50"] > 0):
+                r.pop(k)  # an edited row: compared on what it still has
+            elif k != "latency_ms" and v is not None and not _num(v):
+                r.pop(k)
     return prev
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and v not in (float("inf"), float("-inf"))
 
 
 def apply_compare(rows: list[dict], prev: dict) -> None:
@@ -165,6 +184,9 @@ def _row_notes(rows: list[dict]) -> list[str]:
     sessions = dict.fromkeys((r["name"], r["session"]) for r in rows if r.get("session") not in (None, "", "default"))
     out += [f"{name}: onnxruntime session {session}" for name, session in sessions]
     out.append("cpu ms = process CPU time per inference (p50): not inflated when other programs share the CPU")
+    for name, f in dict.fromkeys((r["name"], r["file"]) for r in rows if r.get("integrity") == "unverified"):
+        out.append(f"[yellow]unverified[/]: {name} ({f}) has no valid sealed sha256 and no manifest entry: its "
+                   "content could not be checked")
     return out
 
 
@@ -216,15 +238,51 @@ def _summary_lines(result: dict) -> list[str]:
 
 
 # ---- files ------------------------------------------------------------------------------------------
+def output_folder(paths: list[Path], out: Path | None) -> tuple[Path, str]:
+    """(folder, flag naming it): --out, else RUN/bench for one run, else ./bench."""
+    if out is not None:
+        return Path(out), "--out"
+    runs = [p for p in paths if p.is_dir()]
+    return ((runs[0] / "bench"), f"RUN {runs[0]}: bench/") if len(runs) == 1 else (Path("bench"), "./bench")
+
+
+def _probe(folder: Path, flag: str) -> None:
+    """Write a temp file in `folder`, or in its nearest existing ancestor when it is still to be made (the
+    write itself is the test: permissions, read-only mounts and root alike); nothing is left behind."""
+    import tempfile
+
+    if folder.exists() and not folder.is_dir():
+        raise EdgetlError(f"{flag} {folder}: exists and is not a folder")
+    at = folder.absolute()
+    while not at.exists():
+        at = at.parent
+    try:
+        if not at.is_dir():
+            raise NotADirectoryError(20, f"{at} is not a folder")
+        with tempfile.TemporaryFile(dir=at):
+            pass
+    except OSError as e:
+        raise EdgetlError(f"{flag} {folder}: cannot write in it ({e.strerror}); nothing was measured") from None
+
+
+def check_outputs(paths: list[Path], out: Path | None, json_path: Path | None) -> None:
+    """Every output place of a bench is writable, before anything is measured (one line naming it)."""
+    folder, flag = output_folder(paths, out)
+    _probe(folder, flag if flag == "--out" else "bench: output folder")
+    if json_path is not None:
+        j = Path(json_path)
+        if j.is_dir():
+            raise EdgetlError(f"--json {j}: is a folder; give a file name, e.g. {j / 'bench.json'}")
+        if j.exists() and not os.access(j, os.W_OK):
+            raise EdgetlError(f"--json {j}: cannot write it (permission denied); nothing was measured")
+        _probe(j.absolute().parent, f"--json {j}: its folder")
+
+
 def write_outputs(result: dict, paths: list[Path], out: Path | None, json_path: Path | None, device: str,
                   console) -> dict:
     """bench.json/.csv/.png in --out (or RUN/bench/<device>-<date>.*), plus the --json copy."""
-    if out is not None:
-        folder, stem = Path(out), "bench"
-    else:
-        runs = [p for p in paths if p.is_dir()]
-        folder = (runs[0] / "bench") if len(runs) == 1 else Path("bench")
-        stem = f"{device}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    folder, _ = output_folder(paths, out)
+    stem = "bench" if out is not None else f"{device}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     folder.mkdir(parents=True, exist_ok=True)
     files = {"json": str(folder / f"{stem}.json"), "csv": str(folder / f"{stem}.csv")}
     write_json(files["json"], result)

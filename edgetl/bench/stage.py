@@ -17,6 +17,7 @@ machine's, and the files are named after it.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,10 @@ from ..core.errors import ArtifactCheckError, EdgetlError
 from ..core.formats import FORMATS
 from .devices import emulation_cpu, fp32_peak, host_info, host_slug, load_device, parse_threads
 from .measure import emulation_info, measure_rows
-from .report import apply_compare, load_compare, render, summarize, write_outputs
+from .report import apply_compare, check_outputs, load_compare, render, summarize, write_outputs
 from .targets import assign_labels, collect_targets, describe, keras_macs, prepare_eval
+
+TEMP_PREFIX = "edgetl-bench-"  # + pid: a killed bench's folder is found and removed by the next one
 
 
 @dataclass
@@ -79,6 +82,12 @@ def bench(paths: list[Path], data_dir: Path | None = None, device: str | None = 
     console = console or Console()
     ropts = _check_remote(remote, ssh_options, remote_python, wheelhouse, remote_timeout, emulate)
     opts = check_options(data_dir, device, threads, compare, min_time, min_runs, formats, emulate)
+    check_outputs([Path(p) for p in paths], Path(out) if out else None, Path(json_path) if json_path else None)
+    cores = os.cpu_count() or 1
+    if max(opts.threads) > cores:
+        console.print(f"[yellow]note:[/] --threads {max(opts.threads)} is more than this machine's {cores} cores: "
+                      "those rows measure time-sharing, not parallel speed", highlight=False)
+    clean_stale_temp()
     with native_logs_aside(console, verbose):
         if ropts is None:
             targets = _targets(paths, opts, formats, verify)
@@ -149,7 +158,7 @@ def _measure(targets, paths, data_dir, opts: Settings, json_path, out, compare, 
         console.print(f"--emulate: each TFLite/ONNX file also runs on aarch64 kernels under QEMU ({opts.emulate_cpu}): "
                       "accuracy and agreement with this machine only, no latency", highlight=False)
 
-    with tempfile.TemporaryDirectory(prefix="edgetl-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-") as tmp:
         sets = prepare_eval(targets, Path(data_dir) if data_dir else None, Path(tmp), console)
         where = host
         if sess is not None:
@@ -203,6 +212,28 @@ def _measure(targets, paths, data_dir, opts: Settings, json_path, out, compare, 
             console.print(f"p50s recorded for {device_name} in {recorded}", highlight=False)
     check_rows(rows)
     return result
+
+
+def clean_stale_temp() -> list[str]:
+    """Remove the temp folders of benches that were killed (SIGKILL skips their clean-up): those whose
+    process no longer runs. Returns their names."""
+    import shutil
+
+    done = []
+    for d in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*-*"):
+        pid = d.name[len(TEMP_PREFIX):].split("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # another user's live process
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        done.append(d.name)
+    return done
 
 
 def check_rows(rows: list[dict]) -> None:

@@ -40,7 +40,7 @@ def artifact_meta(ctx: ExportContext, fmt: Format, io: dict, weights_quant: dict
         **({"int8_weights": "u8"} if fmt.suffix == ".onnx" and fmt.precision == "int8" else {}),
         "macs": int(ctx.macs),
         "source": {"run": str(ctx.run.path.resolve()), "alpha": ctx.run.meta.get("alpha"),
-                   "image_size": ctx.size, "weights_sha256": w.get("sha256"),
+                   "image_size": ctx.size, "weights_sha256": w.get("sha256"), "model_sha256": ctx.model_sha256,
                    "qat": ctx.from_qat(fmt.precision)},
     }
 

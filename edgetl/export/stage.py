@@ -56,7 +56,7 @@ def export_run(run_path, formats: str | None = None, int8: bool = False, calib: 
     source = {}
     if int8:
         source["int8_source"] = {"source": "qat" if ctx.qat else "ptq", "model": ctx.int8_file,
-                                 "calibration_images": None if ctx.qat_graph else calib}
+                                 "calibration_images": None if ctx.qat_graph else ctx.calib_used}
     manifest = manifest_file.finish(run, skipped_val=ctx.skipped_val, missing_val=missing_val,
                                     checked_on=cpu.features(), seconds=round(time.perf_counter() - t_start, 1),
                                     **source)

@@ -86,7 +86,9 @@ def check_recipe(r: Recipe, marker: str = META_FILE) -> None:
         raise EdgetlError(f"--val-split {r.val_split}: must be between 0 and 1 (exclusive)")
     if isinstance(r.seed, bool) or int(r.seed) != r.seed or not 0 <= r.seed <= MAX_SEED:
         raise EdgetlError(f"--seed {r.seed}: must be an integer from 0 to {MAX_SEED}")
-    check_out(r.out, r.overwrite, marker, {"DATA": r.data, "--from": getattr(r, "from_run", None)})
+    weights = r.weights if r.weights not in ("imagenet", "random") else None
+    check_out(r.out, r.overwrite, marker, {"DATA": r.data, "--test": getattr(r, "test", None),
+                                           "--from": getattr(r, "from_run", None), "--weights": weights})
 
 
 def check_int(flag: str, v, lo: int) -> None:

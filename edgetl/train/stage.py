@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core import data as datamod
 from ..core import images, rundir
-from ..core.console import native_logs_aside, progress
+from ..core.console import native_logs_aside, progress, shown
 from ..core.errors import EdgetlError
 from ..core.outdir import atomic_dir
 from ..core.images import feature_views, view_pixels
@@ -84,6 +85,7 @@ class _Session:
     adapt: dict | None = None
     qat_info: dict | None = None
     qat_model: object = None
+    data_warnings: dict = field(default_factory=dict)
 
     def lap(self, name: str) -> None:
         """Record the time since the last lap as timings[name]."""
@@ -194,6 +196,26 @@ def _take_decoded(s: _Session, decoded) -> None:
             raise EdgetlError(f"DATA {s.cfg.data}: no decodable {name} images for class(es) {missing} "
                               f"({len(s.skipped)} file(s) skipped: "
                               f"{', '.join(Path(f['file']).name for f in s.skipped[:5])})")
+    _warn_data(s)
+
+
+def _warn_data(s: _Session) -> None:
+    """Warnings that do not stop training, printed and kept in edgetl.json: the same image in two splits
+    (identical decoded pixels), and classes with very few training images."""
+    dups = datamod.duplicates_across_splits({"train": (s.tr_px, s.tr_paths), "val": (s.va_px, s.va_paths),
+                                             "test": (s.te_px, s.te_paths)})
+    small = datamod.small_classes(s.tr_y, s.p.split.classes)
+    s.data_warnings = {"duplicates_across_splits": dups, "small_classes": small}
+    if dups:
+        d = dups[0]
+        s.console.print(f"[yellow]warning[/]: {len(dups)} image(s) appear in two splits with identical pixels "
+                        f"(e.g. {shown(d['files'][0])} and {shown(d['files'][1])}, {d['splits']}): the later "
+                        "split's accuracy counts them as unseen; all listed in edgetl.json "
+                        "(data_warnings)", highlight=False, soft_wrap=True)
+    if small:
+        s.console.print(f"[yellow]warning[/]: class(es) with fewer than {datamod.MIN_CLASS_IMAGES} training images: "
+                        + ", ".join(f"{c!r} ({n})" for c, n in small.items())
+                        + "; the model cannot learn them reliably: add images", highlight=False, soft_wrap=True)
 
 
 def _cache_base(s: _Session, key: dict) -> bytes | None:
@@ -375,6 +397,7 @@ def _meta(s: _Session) -> dict:
                   "test": [[str(Path(pth).resolve()), int(y)] for pth, y in zip(s.te_paths, s.te_y)],
                   "test_source": split.test_source},
         "skipped": s.skipped,
+        "data_warnings": s.data_warnings,
         "history": s.history,
         "metrics": s.metrics,
         "timings": s.timings,

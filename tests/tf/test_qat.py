@@ -236,7 +236,7 @@ def test_train_qat_keeps_the_float_model_and_export_follows_the_int8_source(tiny
     m = json.loads((run / "manifest.json").read_text())
     source = info["int8_source"]
     assert m["int8_source"] == {"source": source, "model": "model-qat.keras" if source == "qat" else "model.keras",
-                                "calibration_images": 200}
+                                "calibration_images": min(200, len(meta["split"]["train"]))}  # the images used
     assert f"int8 files from {m['int8_source']['model']}" in res.output
     a = m["artifacts"]
     assert a["tflite-int8"]["parity"]["accuracy"] == pytest.approx(info[f"val_acc_{source}_int8"])

@@ -20,8 +20,8 @@ from edgetl.core.images import decode_all
 from edgetl.model.load import load_run_model
 
 META_KEYS = {"edgetl_version", "created", "classes", "image_size", "alpha", "preprocessing", "weights", "seed",
-             "config", "split", "skipped", "history", "metrics", "timings", "versions", "qat", "qat_info",
-             "from_run", "adapt", "features", "model"}
+             "config", "split", "skipped", "data_warnings", "history", "metrics", "timings", "versions", "qat",
+             "qat_info", "from_run", "adapt", "features", "model"}
 
 
 def _data(run: Path) -> Path:

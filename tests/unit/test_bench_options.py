@@ -122,7 +122,7 @@ def test_profile_from_a_path_and_from_edgetl_devices(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("text,expect", [("name = ", "not valid TOML"), ('formats = ["tflite-int4"]', "unknown formats"),
-                                         ("threads = [0]", "--threads")])
+                                         ("threads = [0]", r"threads = \[0\]: must be a list of thread counts")])
 def test_bad_profile_is_one_line(tmp_path, text, expect):
     (tmp_path / "bad.toml").write_text(text + "\n")
     with pytest.raises(EdgetlError, match=expect):
