@@ -54,6 +54,7 @@ class Recipe:
     overwrite: bool = opt(False, "Replace an existing --out folder that edgetl wrote (or an empty one)", "--overwrite")
     verbose: bool = opt(False, "Show TensorFlow's native log lines on stderr", "--verbose")
     workers: int = opt(2, "Image decoding threads", cli=False)
+    feature_batch: int = opt(32, "Images per base-feature batch (TensorFlow path)", cli=False)
 
     def as_dict(self) -> dict:
         return as_dict(self)
