@@ -31,6 +31,10 @@ FLAGS = {
               "--format", "--emulate", "--no-verify", "--verbose"],
     "predict": ["--top-k", "-k", "--json", "--threads", "--no-verify", "--verbose"],
     "compare": ["--out", "-o", "--fractions", "--budget", "--target", *RECIPE, "--scratch-lr"],
+    "search": ["--out", "-o", "--weights", "--epochs", "--batch-size", "--lr", "--patience", "--augment", "--val-split",
+               "--seed", "--overwrite", "--verbose", "--test", "--device", "--max-latency-ms", "--max-size-mb",
+               "--max-ram-mb", "--threads", "--trials", "--time-budget", "--alphas", "--sizes", "--formats", "--heads",
+               "--workers", "--resume", "--export-best", "--no-export-best"],
 }
 
 
