@@ -44,6 +44,7 @@ from ..model.finetune import TopTuner, fine_tune_cut, too_small
 from ..model.fit import pixel_batches
 from ..model.graph import assemble, build_head
 from ..model.predict import evaluate, evaluate_head, scores
+from ..model.recipe import views_used
 from ..model.session import Session
 from ..model.tfenv import set_seed, tf_and_keras
 from .config import (ARMS, DEFAULT_TARGET_REL, Budget, CompareConfig, Prepared, check_fractions, class_counts,
@@ -99,7 +100,8 @@ def compare(cfg: CompareConfig, console=None, prepared: Prepared | None = None) 
 def _compare(cfg: CompareConfig, console, prepared: Prepared | None) -> dict:
     t_start = time.perf_counter()
     p = prepared or validate(cfg)
-    s = _Session(cfg, p, console, preprocessing_spec(p.image_size), t_start, t_start)
+    s = _Session(cfg, p, console, preprocessing_spec(p.image_size), t_start, t_start,
+                 augment=views_used(cfg.augment, len(p.split.train), cfg.max_train_views))
     s.weights = backbone.resolve_weights(cfg.weights, p.alpha, p.image_size)
     s.mark = time.perf_counter()
     s.load()  # every image decoded and its base features computed once, for every fraction
@@ -141,7 +143,7 @@ def _feature_extraction_arm(s: _Session, f: float, idx) -> tuple[object, dict]:
     set_seed(cfg.seed)
     t = time.perf_counter()
     head = s.new_head()
-    views = 1 + cfg.augment
+    views = 1 + s.augment
     hist = s.fit_head(head, *s.train_views(idx=idx), desc=f"head ({len(idx)} images)")
     head_seconds = time.perf_counter() - t
     acc, cm = evaluate_head(head, s.f_va, s.va_y)

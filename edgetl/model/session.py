@@ -73,6 +73,11 @@ class Session:
     f_te: np.ndarray | None = None
     feature_seconds: float = 0.0  # compute time of the features (thread time on the TFLite path)
     base: object = None
+    augment: int = -1  # augmented views per training image computed (default: cfg.augment)
+
+    def __post_init__(self):
+        if self.augment < 0:
+            self.augment = self.cfg.augment
 
     def lap(self, name: str) -> None:
         """Record the time since the last lap as timings[name]."""
@@ -82,7 +87,7 @@ class Session:
 
     @property
     def views(self) -> str:
-        return "+".join(["orig"] + ([f"{self.cfg.augment} aug"] if self.cfg.augment else []))
+        return "+".join(["orig"] + ([f"{self.augment} aug"] if self.augment else []))
 
     @property
     def classes(self) -> list[str]:
@@ -112,9 +117,9 @@ class Session:
         n_tr, n_eval = len(split.train), len(split.val) + len(split.test)
         with progress(self.console) as prog:
             t_dec = prog.add_task("decode images", total=n_tr + n_eval)
-            t_feat = prog.add_task(f"base features ({self.views})", total=n_tr * (1 + cfg.augment) + n_eval,
+            t_feat = prog.add_task(f"base features ({self.views})", total=n_tr * (1 + self.augment) + n_eval,
                                    visible=key is not None)
-            with FeaturePipeline(split.train + split.val + split.test, n_tr, p.image_size, self.spec, cfg.augment,
+            with FeaturePipeline(split.train + split.val + split.test, n_tr, p.image_size, self.spec, self.augment,
                                  cfg.seed, cfg.workers, cached, on_decoded=lambda: prog.advance(t_dec),
                                  on_features=lambda n: prog.advance(t_feat, n), n_val=len(split.val)) as pipe:
                 tf_and_keras()
@@ -123,7 +128,7 @@ class Session:
                     self.build_base()
                     self.lap("build_model")
                 self.take_decoded(pipe.decoded())  # this thread decodes what is left
-                prog.update(t_feat, total=len(self.tr_px) * (1 + cfg.augment) + len(self.va_px) + len(self.te_px))
+                prog.update(t_feat, total=len(self.tr_px) * (1 + self.augment) + len(self.va_px) + len(self.te_px))
                 self.lap("decode")  # decoding left by then (the rest ran during the import)
                 if key is not None and cached is None:  # first run on this backbone: cache its base
                     pipe.start_features(self._cache_base(key))
@@ -179,8 +184,8 @@ class Session:
         out: dict = {which: [] for which in px}
         with progress(self.console) as prog:
             task = prog.add_task(f"base features ({self.views})",
-                                 total=len(self.tr_px) * (1 + cfg.augment) + len(self.va_px) + len(self.te_px))
-            for which, v in feature_views(cfg.augment):
+                                 total=len(self.tr_px) * (1 + self.augment) + len(self.va_px) + len(self.te_px))
+            for which, v in feature_views(self.augment):
                 step = 256 if v else max(len(px[which]), 1)  # augmented views in chunks: bounded memory
                 for st in range(0, len(px[which]), step):
                     out[which].append(predict_pixels(self.base, view_pixels(px[which][st:st + step], v, cfg.seed, st),

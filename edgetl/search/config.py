@@ -13,7 +13,6 @@ from ..core import data as datamod
 from ..core.config import opt
 from ..core.errors import EdgetlError
 from ..core.formats import EXPORT_FORMATS
-from ..core.outdir import check_out
 from ..model.backbone import (ALPHAS, PRETRAINED_SIZES, WEIGHTS_ENV, _keras_cache_dir, check_backbone_options,
                               keras_weights_name)
 from ..model.graph import HEADS
@@ -42,6 +41,7 @@ class SearchConfig(Recipe):
     fine_tune_epochs: int = opt(8, "", cli=False)
     fine_tune_lr: float = opt(1e-4, "", cli=False)
     augment: int = opt(2, "Most augmented views per training image a trial may use (0..N are searched)")
+    max_train_views: int = opt(0, "", cli=False)  # the views are searched: every trial gets the ones it asks for
     test: str | None = opt(None, "Labelled folder DIR/<class>/ scored once, on the best run only (DATA's own test/ "
                                  "folder is used without it)")
     device: str = opt("this", "'this' (latency measured on this machine) or a device profile (rpi4, rpi5, "
@@ -58,6 +58,9 @@ class SearchConfig(Recipe):
     formats: str = opt(DEFAULT_FORMATS, "Artifact formats to search")
     heads: str = opt(",".join(HEADS), "Heads to search")
     search_workers: int = opt(1, "Local processes running trials on the same study", "--workers")
+    ray: str | None = opt(None, "Run the trials on a Ray cluster through Ray Tune's Optuna search: ADDRESS, or "
+                                "'auto' (the local cluster, started if none runs); needs pip install edgetl[cluster]",
+                          metavar="ADDRESS")
     resume: bool = opt(False, "Continue the study in --out (finished trials are kept, never repeated)", "--resume")
     export_best: bool = opt(True, "Train the best feasible trial into OUT/best and export its file",
                             "--export-best/--no-export-best")
@@ -99,6 +102,13 @@ def validate(cfg: SearchConfig) -> Prepared:
             raise EdgetlError(f"{flag} {v}: must be a number > 0")
     check_int("--trials", cfg.trials, 1)
     check_int("--workers", cfg.search_workers, 1)
+    if cfg.ray is not None:
+        import importlib.util
+
+        if not cfg.ray.strip():
+            raise EdgetlError("--ray: give a cluster ADDRESS (host:port, ray://host:port) or 'auto'")
+        if importlib.util.find_spec("ray") is None:
+            raise EdgetlError(f"--ray {cfg.ray}: Ray is not installed; pip install 'edgetl[cluster]' (ray[tune])")
     if cfg.threads is not None:
         check_int("--threads", cfg.threads, 1)
     if cfg.weights == "random":

@@ -17,146 +17,18 @@ run against it (within --max-drop). --workers N runs trials in N processes on th
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import multiprocessing
-import os
 import shutil
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
-
-from ..core import images, rundir
+from ..core import rundir
 from ..core.console import native_logs_aside
-from ..core.errors import EdgetlError
-from ..core.formats import FORMATS
-from ..model import backbone
-from ..model.graph import count_macs
-from ..model.predict import evaluate_head
-from ..model.session import Session, fresh_keras
 from .config import JOURNAL_FILE, SEARCH_FILE, Prepared, SearchConfig
-from .probe import Prober, locked
-from .report import pareto, print_report, plot_pareto
-
-STUDY_NAME = "edgetl-search"
-FEATURES_DIR = "features"
-CALIB_IMAGES = 8
-
-
-def study_storage(out: Path):
-    import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return JournalStorage(JournalFileBackend(str(out / JOURNAL_FILE)))
-
-
-def load_study(out: Path, seed: int, n_startup: int):
-    import optuna
-
-    # constrained TPE: the trials' constraint values (Trial.set_constraint) steer it towards feasible ones
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup, multivariate=True)
-    return optuna.create_study(study_name=STUDY_NAME, storage=study_storage(out), sampler=sampler,
-                               direction="maximize", load_if_exists=True)
-
-
-class Searcher:
-    """The objective of one process: features per (alpha, size), probes, trials."""
-
-    def __init__(self, cfg: SearchConfig, p: Prepared, measure, profile: dict | None, console):
-        self.cfg, self.p, self.console, self.out = cfg, p, console, Path(cfg.out)
-        self.features: dict = {}
-        self.threads = cfg.threads or (max(profile["threads"]) if profile else 1)
-        peak = None
-        if profile:
-            pk = profile.get("peak") or {}
-            peak = pk.get("fp32_gmacs_per_core") or (pk.get("fp32_gflops_per_core") or 0) / 2 or None
-            if peak is None:
-                from ..core import cpu
-
-                peak = cpu.peak().get("fp32_gmacs_per_core")
-        self.weights = {a: backbone.resolve_weights(cfg.weights, a, 224) for a in p.alphas}
-        self.probers = {a: Prober(self.out, self.weights[a], cfg.seed, self.threads, measure, profile, peak,
-                                  cfg.min_time) for a in p.alphas}
-
-    def pair(self, alpha: float, size: int) -> dict:
-        """Base features of every image and view at (alpha, size): from OUT/features/, else computed once."""
-        key = (alpha, size)
-        if key in self.features:
-            return self.features[key]
-        path = self.out / FEATURES_DIR / f"a{alpha:g}-{size}.npz"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with locked(path.with_suffix(".lock")):  # computed once across --workers
-            if not path.is_file():
-                self._compute_pair(alpha, size, path)
-        with np.load(path) as z:
-            self.features[key] = {k: z[k] for k in z.files}
-        return self.features[key]
-
-    def _compute_pair(self, alpha: float, size: int, path: Path) -> None:
-        """Decode and compute the base features of every image and view at (alpha, size) (model.session)."""
-        cfg = dataclasses.replace(self.cfg, alpha=alpha, image_size=size)
-        t = time.perf_counter()
-        s = Session(cfg, SimpleNamespace(split=self.p.split, alpha=alpha, image_size=size), self.console,
-                    images.preprocessing_spec(size), t, t)
-        s.weights = dict(self.weights[alpha])
-        s.load()
-        tmp = path.with_name(f".{path.stem}-{os.getpid()}.npz")
-        np.savez(tmp, f_tr=s.f_tr, f_va=s.f_va, f_te=s.f_te, tr_y=s.tr_y, va_y=s.va_y, te_y=s.te_y,
-                 calib=s.tr_px[np.linspace(0, len(s.tr_px) - 1, CALIB_IMAGES).astype(int)],
-                 macs=count_macs(s.base), seconds=time.perf_counter() - t,
-                 engine=s.features.get("engine", ""))
-        os.replace(tmp, path)  # atomic: a killed search never leaves half a file
-
-    def objective(self, trial) -> float:
-        try:
-            return self._trial(trial)
-        except KeyboardInterrupt:  # recorded as FAIL by Optuna; --resume runs it again
-            trial.set_user_attr("interrupted", True)
-            raise
-
-    def _trial(self, trial) -> float:
-        cfg, p = self.cfg, self.p
-        alpha = trial.suggest_categorical("alpha", p.alphas)
-        size = trial.suggest_categorical("image_size", p.sizes)
-        head = trial.suggest_categorical("head", p.heads)
-        dropout = trial.suggest_float("dropout", 0.0, 0.6, step=0.1)
-        views = trial.suggest_int("augment", 0, cfg.augment)
-        fmt = trial.suggest_categorical("format", p.formats)
-        t0 = time.perf_counter()
-        z = self.pair(alpha, size)
-        t_cfg = dataclasses.replace(cfg, alpha=alpha, image_size=size, head=head, dropout=round(dropout, 2),
-                                    augment=views)
-        s = Session(t_cfg, SimpleNamespace(split=p.split, alpha=alpha, image_size=size), self.console,
-                    images.preprocessing_spec(size), t0, t0)
-        s.f_tr, s.f_va, s.tr_y, s.va_y = z["f_tr"], z["f_va"], z["tr_y"], z["va_y"]
-        fresh_keras(cfg.seed)
-        model = s.new_head()
-        hist = s.fit_head(model, *s.train_views(1 + views), desc=f"trial {trial.number}")
-        acc, _ = evaluate_head(model, s.f_va, s.va_y)
-        head_s = time.perf_counter() - t0
-        pr = self.probers[alpha].get(alpha, size, head, fmt, s.classes, z["calib"])
-        misses = {"latency_ms": pr["latency_ms"] - cfg.max_latency_ms,
-                  "size_mb": pr["size_mb"] - cfg.max_size_mb if cfg.max_size_mb else -1.0,
-                  "ram_mb": pr["ram_mb"] - cfg.max_ram_mb if cfg.max_ram_mb else -1.0}
-        for k, v in {"val_accuracy": acc, "best_epoch": hist["best_epoch"], "latency_ms": pr["latency_ms"],
-                     "latency_source": pr["latency_source"], "size_mb": pr["size_mb"], "ram_mb": pr["ram_mb"],
-                     "threads": pr["threads"], "macs": pr["macs"], "head_seconds": round(head_s, 3),
-                     "seconds": round(time.perf_counter() - t0, 3),
-                     "constraints": [misses["latency_ms"], misses["size_mb"], misses["ram_mb"]]}.items():
-            trial.set_user_attr(k, v)
-        for k, v in misses.items():
-            trial.set_constraint(k, v)
-        feasible = all(v <= 0 for v in misses.values())
-        self.console.print(f"trial {trial.number:>3}: alpha {alpha:g} {size} px {head} dropout {dropout:.1f} "
-                           f"+{views} views {fmt}: val accuracy [bold]{acc:.3f}[/], {pr['latency_ms']:.2f} ms "
-                           f"({pr['latency_source']}), {pr['size_mb']:.2f} MB, {pr['ram_mb']:.0f} MB RAM"
-                           f"{'' if feasible else ' [yellow](over budget)[/]'}", highlight=False)
-        return acc
-
+from .report import pareto, plot_pareto, print_report
+from .trials import Searcher, completed, load_study
 
 def run_trials(cfg: SearchConfig, p: Prepared, measure, profile, console, n_startup: int,
                deadline: float | None) -> None:
@@ -167,7 +39,7 @@ def run_trials(cfg: SearchConfig, p: Prepared, measure, profile, console, n_star
     study = load_study(Path(cfg.out), cfg.seed, n_startup)
     searcher = Searcher(cfg, p, measure, profile, console)
     done = optuna.study.MaxTrialsCallback(cfg.trials, states=(optuna.trial.TrialState.COMPLETE,))
-    if sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)) >= cfg.trials:
+    if completed(study) >= cfg.trials:
         return
     timeout = None if deadline is None else max(0.0, deadline - time.time())
     study.optimize(searcher.objective, callbacks=[done], timeout=timeout, catch=(RuntimeError,))
@@ -198,14 +70,19 @@ def search(cfg: SearchConfig, p: Prepared, measure, profile: dict | None = None,
             console.print(f"--resume: {requeued} trial(s) interrupted while running are run again", highlight=False)
         study.set_user_attr("device", cfg.device)
         procs = []
-        if cfg.search_workers > 1:
+        if cfg.ray:
+            from .cluster import run_on_ray  # (Ray only when asked for: an optional extra)
+
+            run_on_ray(cfg, p, measure, profile, console, n_startup, deadline)
+        elif cfg.search_workers > 1:
             ctx = multiprocessing.get_context("spawn")
             procs = [ctx.Process(target=_worker, args=(cfg, p, measure, profile, n_startup, deadline))
                      for _ in range(cfg.search_workers - 1)]
             for proc in procs:
                 proc.start()
         try:
-            run_trials(cfg, p, measure, profile, console, n_startup, deadline)
+            if not cfg.ray:
+                run_trials(cfg, p, measure, profile, console, n_startup, deadline)
         finally:
             for proc in procs:
                 proc.join()
@@ -245,7 +122,7 @@ def build_report(cfg: SearchConfig, p: Prepared, study, profile, seconds: float)
         u = t.user_attrs
         cons = u.get("constraints", [math.inf])
         config = {k: round(v, 4) if isinstance(v, float) else v for k, v in t.params.items()}
-        rows.append({"number": t.number, "config": config, "val_accuracy": t.value,
+        rows.append({"number": t.number, "config": config, "val_accuracy": t.value, "via": u.get("via", "optuna"),
                      "latency_ms": u.get("latency_ms"), "latency_source": u.get("latency_source"),
                      "threads": u.get("threads"), "size_mb": u.get("size_mb"), "ram_mb": u.get("ram_mb"),
                      "macs": u.get("macs"), "seconds": u.get("seconds"),

@@ -32,6 +32,7 @@ from ..model.finetune import TopTuner, fine_tune_cut, too_small
 from ..model.graph import assemble, split_model
 from ..model.load import load_run_model
 from ..model.predict import evaluate, evaluate_head, predict, scores
+from ..model.recipe import views_used
 from ..model.session import Session, fresh_keras
 from .adapt import adapt_bn, adapt_info as adapt_info_of, source_pixels
 from .config import Prepared, TrainConfig, TrainResult, validate
@@ -87,7 +88,11 @@ def _train(cfg: TrainConfig, console, prepared: Prepared | None, cleanup: contex
     t0 = time.perf_counter()
     p = prepared or validate(cfg)
     s = _Session(cfg, p, console, images.preprocessing_spec(p.image_size), t0, t0,
-                 use_base_cache=cfg.base_cache and p.from_meta is None and not cfg.adapt_bn)  # else: TF features
+                 use_base_cache=cfg.base_cache and p.from_meta is None and not cfg.adapt_bn,  # else: TF features
+                 augment=views_used(cfg.augment, len(p.split.train), cfg.max_train_views))
+    if s.augment < cfg.augment:
+        console.print(f"--augment {cfg.augment}: {s.augment} augmented view(s) per image used ({len(p.split.train)} "
+                      f"training images; --max-train-views {cfg.max_train_views})", highlight=False)
     s.lap("validate")
     if p.from_meta is None:  # mirror / Keras cache / local file: instant; a download fails before any work
         s.weights = backbone.resolve_weights(cfg.weights, p.alpha, p.image_size)
@@ -140,7 +145,6 @@ def _adapt(s: _Session) -> None:
 
 def _head(s: _Session) -> None:
     """Train the head on the cached features (a new one, or the --from run's) and assemble the model."""
-    cfg = s.cfg
     if s.head_model is None:
         s.head_model = s.new_head()
     s.history["head"] = s.fit_head(s.head_model, *s.train_views())
@@ -216,6 +220,7 @@ def _meta(s: _Session) -> dict:
     cfg, split, size = s.cfg, s.p.split, s.p.image_size
     s.metrics.update({"val_accuracy": s.acc, "confusion_matrix": s.cm, "n_train": int(len(s.tr_px)),
                       "n_val": int(len(s.va_px)), "n_test": int(len(s.te_px)), "n_train_views": int(len(s.f_tr)),
+                      "augment_views": s.augment,
                       "n_skipped": len(s.skipped)})
     return {
         "edgetl_version": rundir.edgetl_version(),

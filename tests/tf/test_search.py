@@ -13,7 +13,7 @@ import factory
 from edgetl.bench.worker import run_worker
 from edgetl.cli import app
 from edgetl.core.rundir import Run
-from edgetl.search import stage
+from edgetl.search import stage, trials
 from edgetl.search.config import SearchConfig, validate
 
 TINY = ["--weights", "random", "--alphas", "0.35", "--epochs", "3", "--augment", "1"]
@@ -64,7 +64,7 @@ def test_search_resumes_without_losing_or_repeating_a_trial(tiny_data, tmp_path,
     opts = dict(data=str(tiny_data), out=str(out), weights="random", alphas="0.35", sizes="32,64", epochs=3,
                 augment=1, heads="linear", formats="tflite-fp32", max_latency_ms=1000.0, trials=4,
                 export_best=False)
-    real, calls = stage.evaluate_head, []
+    real, calls = trials.evaluate_head, []
 
     def interrupted_third(*a, **k):
         calls.append(1)
@@ -72,22 +72,22 @@ def test_search_resumes_without_losing_or_repeating_a_trial(tiny_data, tmp_path,
             raise KeyboardInterrupt  # Ctrl-C in the middle of the third trial, its head trained
         return real(*a, **k)
 
-    monkeypatch.setattr(stage, "evaluate_head", interrupted_third)
+    monkeypatch.setattr(trials, "evaluate_head", interrupted_third)
     cfg = SearchConfig(**opts)
     with pytest.raises(KeyboardInterrupt):
         stage.search(cfg, validate(cfg), run_worker, console=factory.quiet_console())
-    monkeypatch.setattr(stage, "evaluate_head", real)
-    first = {t.number: t for t in stage.load_study(out, 0, 4).get_trials() if t.state.name == "COMPLETE"}
+    monkeypatch.setattr(trials, "evaluate_head", real)
+    first = {t.number: t for t in trials.load_study(out, 0, 4).get_trials() if t.state.name == "COMPLETE"}
     assert sorted(first) == [0, 1]
     probes = {p.name: p.stat().st_mtime_ns for p in (out / "probes").glob("a*")}
 
     cfg = SearchConfig(**opts, resume=True)
     rep = stage.search(cfg, validate(cfg), run_worker, console=factory.quiet_console())
-    trials = {t["number"]: t for t in rep["trials"]}
-    assert rep["n_trials"] == 4 and len(trials) == 4
+    by = {t["number"]: t for t in rep["trials"]}
+    assert rep["n_trials"] == 4 and len(by) == 4
     for n, t in first.items():  # kept as they were, not run again
-        assert trials[n]["val_accuracy"] == t.value and trials[n]["config"]["image_size"] == t.params["image_size"]
-    study = stage.load_study(out, 0, 4)
+        assert by[n]["val_accuracy"] == t.value and by[n]["config"]["image_size"] == t.params["image_size"]
+    study = trials.load_study(out, 0, 4)
     all_trials = study.get_trials()
     assert [t.state.name for t in all_trials][:3] == ["COMPLETE", "COMPLETE", "FAIL"]
     # the interrupted trial ran again once, with its own parameters
@@ -107,3 +107,22 @@ def test_search_workers_share_one_study(tiny_data, tmp_path):
     # 4 finished trials between the two processes (one more may have started before the count was reached)
     assert rep["n_trials"] >= 4 and len({t["number"] for t in rep["trials"]}) == rep["n_trials"]
     assert len(list((out / "probes").glob("*.json"))) == 1  # the one (size, head, format) measured once
+
+
+def test_search_on_ray_reports_what_a_local_search_reports(tiny_data, tmp_path):
+    pytest.importorskip("ray", reason="the cluster extra (make test installs it)")
+    common = [*TINY, "--sizes", "32,64", "--trials", "3", "--heads", "linear", "--formats", "tflite-fp32",
+              "--max-latency-ms", "1000", "--no-export-best"]
+    reps = {}
+    for name, extra in (("local", []), ("ray", ["--ray", "auto"])):
+        r = CliRunner().invoke(app, ["search", str(tiny_data), "--out", str(tmp_path / name), *common, *extra])
+        assert r.exit_code == 0, r.output
+        reps[name] = json.loads((tmp_path / name / "search.json").read_text())
+    local, ray = reps["local"], reps["ray"]
+    assert set(local) == set(ray) and ray["n_trials"] == local["n_trials"] == 3
+    assert "--ray auto:" in r.output  # the Ray run said where its trials ran
+    for a, b in zip(local["trials"], ray["trials"]):  # the same seeded sampler: the same configurations
+        assert set(a) == set(b) and (a["via"], b["via"]) == ("optuna", "ray")
+        assert a["config"] == b["config"] and a["val_accuracy"] == b["val_accuracy"]  # trained the same way
+        assert a["size_mb"] == b["size_mb"] and a["latency_source"] == b["latency_source"] == "measured"
+    assert ray["best"]["config"] == local["best"]["config"]

@@ -22,7 +22,7 @@ from edgetl.core.errors import ArtifactCheckError, EdgetlError
 runner = CliRunner()
 RECIPE = ["--alpha", "--image-size", "--weights", "--epochs", "--batch-size", "--lr", "--head", "--patience",
           "--fine-tune", "--fine-tune-epochs", "--fine-tune-lr", "--val-split", "--seed", "--overwrite", "--verbose",
-          "--dropout", "--augment"]
+          "--dropout", "--augment", "--max-train-views"]
 FLAGS = {
     "train": ["--out", "-o", *RECIPE, "--test", "--from", "--qat", "--qat-epochs", "--qat-lr",
               "--qat-loss", "--adapt-bn", "--base-cache", "--no-base-cache"],
