@@ -34,7 +34,7 @@ FLAGS = {
     "search": ["--out", "-o", "--weights", "--epochs", "--batch-size", "--lr", "--patience", "--augment", "--val-split",
                "--seed", "--overwrite", "--verbose", "--test", "--device", "--max-latency-ms", "--max-size-mb",
                "--max-ram-mb", "--threads", "--trials", "--time-budget", "--alphas", "--sizes", "--formats", "--heads",
-               "--workers", "--resume", "--export-best", "--no-export-best"],
+               "--workers", "--ray", "--resume", "--export-best", "--no-export-best"],
 }
 
 
