@@ -24,31 +24,33 @@ def describe(c: dict) -> str:
             f"+{c['augment']} views, {c['format']}")
 
 
-def misses_text(misses: dict) -> str:
-    units = {"latency_ms": " ms latency", "size_mb": " MB size", "ram_mb": " MB RAM"}
+def misses_text(misses: dict, short: bool = False) -> str:
+    units = ({"latency_ms": " ms", "size_mb": " MB", "ram_mb": " MB RAM"} if short else
+             {"latency_ms": " ms latency", "size_mb": " MB size", "ram_mb": " MB RAM"})
     return ", ".join(f"{v:.2f}{units[k]}" for k, v in misses.items())
 
 
 def print_report(console, report: dict) -> None:
+    from rich import box
     from rich.table import Table
 
     by = {r["number"]: r for r in report["trials"]}
     est = report["device_profile"] is not None
-    lat = "latency (estimated)" if est else "latency (measured)"
+    lat = "estimated" if est else "measured"
     tab = Table(title=f"Pareto set: {len(report['pareto'])} of {report['n_trials']} trials "
                       f"(budget {report['budget']['max_latency_ms']:g} ms"
                       + (f", {report['budget']['max_size_mb']:g} MB" if report["budget"]["max_size_mb"] else "")
                       + (f", {report['budget']['max_ram_mb']:g} MB RAM" if report["budget"]["max_ram_mb"] else "")
-                      + f" on {report['device']})")
-    for col in ("trial", "alpha", "px", "head", "drop", "views", "format", "val acc", lat, "size", "RAM", "fits"):
-        tab.add_column(col)
+                      + f" on {report['device']}; latency {lat})")
+    tab.box, tab.padding = box.SIMPLE, (0, 1)
+    for col in ("#", "alpha px head dropout views format", "val acc", "ms", "MB", "RAM", "fits"):
+        tab.add_column(col, no_wrap=col != "fits")
     for n in report["pareto"]:
         r = by[n]
         c = r["config"]
-        tab.add_row(str(n), f"{c['alpha']:g}", str(c["image_size"]), c["head"], f"{c['dropout']:.1f}",
-                    f"+{c['augment']}", c["format"], f"{r['val_accuracy']:.3f}", f"{r['latency_ms']:.2f} ms",
-                    f"{r['size_mb']:.2f} MB", f"{r['ram_mb']:.0f} MB",
-                    "yes" if r["feasible"] else f"no (+{misses_text(r['misses'])})")
+        tab.add_row(str(n), f"{c['alpha']:g} {c['image_size']} {c['head']} {c['dropout']:.1f} +{c['augment']} "
+                            f"{c['format']}", f"{r['val_accuracy']:.3f}", f"{r['latency_ms']:.2f}", f"{r['size_mb']:.2f}",
+                    f"{r['ram_mb']:.0f}", "yes" if r["feasible"] else "+" + misses_text(r["misses"], short=True))
     console.print(tab)
     best = report["best"]
     if best is not None:
