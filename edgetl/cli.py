@@ -160,7 +160,8 @@ def _train_and_export_best(cfg: SearchConfig, report: dict, out: Path, best_dir:
     manifest = export_run(best_dir, formats=c["format"], seed=cfg.seed, console=con, verbose=cfg.verbose)
     rep = record_best_run(out, best_dir, res.meta, manifest, c["format"])
     b = rep["best"]
-    test = f", test accuracy {b['test_accuracy']:.3f} ({b['n_test']} images)" if b.get("test_accuracy") is not None else ""
+    test = (f", test accuracy {b['test_accuracy']:.3f} ({b['n_test']} images)" if b.get("test_accuracy") is not None
+            else "")
     con.print(f"{best_dir}: val accuracy {b['run_val_accuracy']:.3f}{test}; {b['file']} "
               f"{b['file_size_mb']:.2f} MB", highlight=False)
 

@@ -13,9 +13,9 @@ contain the smaller fractions' images), on the same split and seed, three arms:
                       by default 4x the fine-tuning arm's wall time at the same fraction)
 
 Images are decoded once and base features computed once (model.session, as train does: the base's cached
-TFLite copy) for all training (and their views), validation and test images; each fraction's feature-extraction arm trains on a subset of the cached features. The
-feature pass's time is attributed to each fraction pro rata (its training views + the validation images),
-so a fraction's feature-extraction time is what a standalone `edgetl train` on those images would spend
+TFLite copy) for all training (and their views), validation and test images; each fraction's
+feature-extraction arm trains on a subset of the cached features. The feature pass's time is attributed
+to each fraction pro rata (its training views + the validation images), so a fraction's feature-extraction time is what a standalone `edgetl train` on those images would spend
 on features. Recorded per arm and fraction: val accuracy (what every choice is made on), test accuracy
 when DATA has a test/ split (scored once per arm and fraction, never used to choose), wall time, images
 seen (training presentations: epochs x images), base passes (images pushed through the backbone),

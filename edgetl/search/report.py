@@ -48,8 +48,8 @@ def print_report(console, report: dict) -> None:
     for n in report["pareto"]:
         r = by[n]
         c = r["config"]
-        tab.add_row(str(n), f"{c['alpha']:g} {c['image_size']} {c['head']} {c['dropout']:.1f} +{c['augment']} "
-                            f"{c['format']}", f"{r['val_accuracy']:.3f}", f"{r['latency_ms']:.2f}", f"{r['size_mb']:.2f}",
+        config = f"{c['alpha']:g} {c['image_size']} {c['head']} {c['dropout']:.1f} +{c['augment']} {c['format']}"
+        tab.add_row(str(n), config, f"{r['val_accuracy']:.3f}", f"{r['latency_ms']:.2f}", f"{r['size_mb']:.2f}",
                     f"{r['ram_mb']:.0f}", "yes" if r["feasible"] else "+" + misses_text(r["misses"], short=True))
     console.print(tab)
     best = report["best"]
@@ -59,8 +59,8 @@ def print_report(console, report: dict) -> None:
                       f"({best['latency_source']}), {best['size_mb']:.2f} MB", highlight=False)
     elif report["closest"] is not None:
         c = report["closest"]
-        console.print(f"[yellow]nothing fits the budget[/]: the closest is trial {c['trial']} ({describe(c['config'])}), "
-                      f"over by {misses_text(c['misses'])}", highlight=False)
+        console.print(f"[yellow]nothing fits the budget[/]: the closest is trial {c['trial']} "
+                      f"({describe(c['config'])}), over by {misses_text(c['misses'])}", highlight=False)
 
 
 def plot_pareto(report: dict, path: Path) -> None:

@@ -71,7 +71,8 @@ class _Session(Session):
                           "val_accuracy_before": acc0, "confusion_matrix_before": cm0,
                           "source_val_accuracy": p.from_meta.get("metrics", {}).get("val_accuracy")}
         self.weights = dict(p.from_meta.get("weights") or self.weights)
-        self.console.print(f"--from {cfg.from_run}: val accuracy on the new data before any update: [bold]{acc0:.3f}[/]")
+        self.console.print(f"--from {cfg.from_run}: val accuracy on the new data before any update: "
+                           f"[bold]{acc0:.3f}[/]")
         self.base.trainable = False
 
 

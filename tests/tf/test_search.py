@@ -39,7 +39,8 @@ def test_search_end_to_end_tiny(tiny_data, tmp_path):
     # the best configuration trained into OUT/best (train's own run) and its file exported and checked
     run = Run(out / "best")
     assert best["run"] == str(out / "best") and run.meta["image_size"] == best["config"]["image_size"]
-    assert run.meta["config"]["head"] == best["config"]["head"] and run.meta["config"]["augment"] == best["config"]["augment"]
+    assert (run.meta["config"]["head"], run.meta["config"]["augment"]) == (best["config"]["head"],
+                                                                          best["config"]["augment"])
     assert (out / "best" / best["file"]).is_file() and best["file_size_mb"] > 0
     manifest = json.loads((out / "best" / "manifest.json").read_text())
     assert manifest["artifacts"][best["config"]["format"]]["status"] == "ok"
