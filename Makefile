@@ -22,7 +22,7 @@ XDIST ?= -n auto --dist loadfile
 $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[train,test]'
+	$(BIN)/pip install -q -e '.[train,test,cluster]'
 	touch $@
 
 # Core install only (no TensorFlow): proves predict/bench run on a Pi-like install.

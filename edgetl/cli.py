@@ -27,6 +27,7 @@ from .core.console import shown
 from .core.errors import EdgetlError, Terminated
 from .export.config import ExportConfig
 from .predict import PredictConfig
+from .search.config import SearchConfig
 from .train.config import TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -153,6 +154,50 @@ def _no_space(e: BaseException) -> OSError | None:
 def _output_of(kwargs: dict) -> str:
     """What a command writes, for a message: --out, else RUN."""
     return str(kwargs.get("out") or kwargs.get("run") or "the output folder")
+
+
+@command(SearchConfig)
+def search(cfg: SearchConfig) -> None:
+    """The most accurate model whose file fits a device's latency, size and RAM budget (Optuna study in --out)."""
+    from .bench.devices import load_device
+    from .bench.worker import run_worker
+    from .search.config import BEST_DIR, validate
+    from .search.stage import search as run_search
+
+    p = validate(cfg)
+    profile = None if cfg.device == "this" else load_device(cfg.device)
+    con = Console(stderr=True)
+    report = run_search(cfg, p, run_worker, profile, con)
+    if report["best"] is None:
+        raise typer.Exit(1)
+    if cfg.export_best:
+        _train_and_export_best(cfg, report, Path(cfg.out), Path(cfg.out) / BEST_DIR, con)
+        con.print(f"next: edgetl bench {Path(cfg.out) / BEST_DIR}" + (f" --device {cfg.device}" if profile else ""),
+                  highlight=False, soft_wrap=True)
+    _fast_exit_after_tensorflow()
+
+
+def _train_and_export_best(cfg: SearchConfig, report: dict, out: Path, best_dir: Path, con) -> None:
+    """The best trial's configuration trained into OUT/best by train, its file written and checked by export
+    (the stages talk through the run directory)."""
+    from .export.stage import export_run
+    from .search.stage import record_best_run
+    from .train.config import TrainConfig, validate as validate_train
+    from .train.stage import train as run_train
+
+    c = report["best"]["config"]
+    tcfg = TrainConfig(**{**cfg.recipe(), "alpha": c["alpha"], "image_size": c["image_size"], "head": c["head"],
+                          "dropout": round(c["dropout"], 2), "augment": c["augment"], "fine_tune": "off",
+                          "out": str(best_dir), "overwrite": True}, test=cfg.test)
+    con.rule(f"best trial {report['best']['trial']} -> {best_dir}")
+    res = run_train(tcfg, con, prepared=validate_train(tcfg))
+    manifest = export_run(best_dir, formats=c["format"], seed=cfg.seed, console=con, verbose=cfg.verbose)
+    rep = record_best_run(out, best_dir, res.meta, manifest, c["format"])
+    b = rep["best"]
+    test = (f", test accuracy {b['test_accuracy']:.3f} ({b['n_test']} images)" if b.get("test_accuracy") is not None
+            else "")
+    con.print(f"{best_dir}: val accuracy {b['run_val_accuracy']:.3f}{test}; {b['file']} "
+              f"{b['file_size_mb']:.2f} MB", highlight=False)
 
 
 @contextlib.contextmanager

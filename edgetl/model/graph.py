@@ -14,8 +14,9 @@ HEADS = ("linear", "dense128")
 HEAD_PREFIX = "head_"
 
 
-def build_head(n_features: int, n_classes: int, head: str = "linear", dropout: float = 0.2, seed: int = 0):
-    """Head model on base features: Dropout + Dense softmax (or Dropout, Dense(128, relu), Dense softmax)."""
+def build_head(n_features: int, n_classes: int, head: str, dropout: float, seed: int):
+    """Head model on base features: Dropout + Dense softmax (or Dropout, Dense(128, relu), Dense softmax).
+    head, dropout and seed are the recipe's (model.recipe.Recipe), given by the caller."""
     _, keras = tf_and_keras()
     init = keras.initializers.GlorotUniform(seed=seed)
     layers = [keras.layers.Dropout(dropout, seed=seed, name=HEAD_PREFIX + "dropout")]

@@ -29,7 +29,6 @@ class TrainConfig(Recipe):
     adapt_bn: bool = opt(False, "Re-estimate the base's BatchNorm statistics on DATA", "--adapt-bn")
     base_cache: bool = opt(True, "Compute base features with the backbone's TFLite copy, made once and cached in "
                                  "$EDGETL_CACHE_DIR (default ~/.cache/edgetl)", "--base-cache/--no-base-cache")
-    feature_batch: int = opt(32, "Images per base-feature batch", cli=False)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from edgetl.core.errors import ArtifactCheckError, EdgetlError
 runner = CliRunner()
 RECIPE = ["--alpha", "--image-size", "--weights", "--epochs", "--batch-size", "--lr", "--head", "--patience",
           "--fine-tune", "--fine-tune-epochs", "--fine-tune-lr", "--val-split", "--seed", "--overwrite", "--verbose",
-          "--dropout", "--augment"]
+          "--dropout", "--augment", "--max-train-views"]
 FLAGS = {
     "train": ["--out", "-o", *RECIPE, "--test", "--from", "--qat", "--qat-epochs", "--qat-lr",
               "--qat-loss", "--adapt-bn", "--base-cache", "--no-base-cache"],
@@ -32,6 +32,10 @@ FLAGS = {
               "--wheelhouse", "--remote-timeout"],
     "predict": ["--top-k", "-k", "--json", "--threads", "--no-verify", "--verbose"],
     "compare": ["--out", "-o", "--fractions", "--budget", "--target", *RECIPE, "--scratch-lr"],
+    "search": ["--out", "-o", "--weights", "--epochs", "--batch-size", "--lr", "--patience", "--augment", "--val-split",
+               "--seed", "--overwrite", "--verbose", "--test", "--device", "--max-latency-ms", "--max-size-mb",
+               "--max-ram-mb", "--threads", "--trials", "--time-budget", "--alphas", "--sizes", "--formats", "--heads",
+               "--workers", "--ray", "--resume", "--export-best", "--no-export-best"],
 }
 
 
