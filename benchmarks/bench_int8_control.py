@@ -3,7 +3,8 @@
 For each run directory: both files of both families (TFLite int8, ONNX int8), made by export's own code
 (build_context + make_artifact, size budget on), scored on val (what export checks) and on the run's test
 split (held out: never used by any choice), with top-1 agreement with the Keras model, size and a quick
-latency ratio. The plain file is the ladder's first rung alone (targets set to 0).
+latency ratio. The plain file is the ladder's first rung alone (targets set to 0, --max-drop 100, so it
+is recorded even where export would refuse it: `passes_max_drop` says whether it passes the default).
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_int8_control.py RUN [RUN ...] [--json PATH]
 """
@@ -44,12 +45,14 @@ def measure(run_path: Path) -> dict:
             for name in ("tflite-int8", "onnx-int8"):
                 fmt = FORMATS[name]
                 t0 = time.perf_counter()
-                blob, meta, par, budget, ctl = make_artifact(ctx, fmt, None, 30.0, results)
+                blob, meta, par, budget, ctl = make_artifact(ctx, fmt, 100.0 if mode == "plain" else None, 30.0,
+                                                             results)
                 row = {"bytes": len(blob), "seconds": round(time.perf_counter() - t0, 1),
                        "val_drop": par["drop_points"], "val_agreement": par["agreement"],
                        "float_ops": (ctl or {}).get("float_ops"), "result": (ctl or {}).get("result"),
                        "latency_ratio": (ctl or {}).get("latency_ratio"),
-                       "budget_met": (budget or {}).get("met")}
+                       "budget_met": (budget or {}).get("met"),
+                       "passes_max_drop": par["drop_points"] <= fmt.tolerance}
                 if test is not None:
                     from edgetl.model.predict import predict
 
