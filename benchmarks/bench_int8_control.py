@@ -7,6 +7,7 @@ latency ratio. The plain file is the ladder's first rung alone (targets set to 0
 is recorded even where export would refuse it: `passes_max_drop` says whether it passes the default).
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_int8_control.py RUN [RUN ...] [--json PATH]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_int8_control.py --table   # the table of the last run
 """
 
 from __future__ import annotations
@@ -69,15 +70,57 @@ def measure(run_path: Path) -> dict:
     return out
 
 
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per (case, family), means over the seeds found for each case."""
+    import re
+    from collections import defaultdict
+
+    groups: dict = defaultdict(list)
+    for r in rows:
+        case = re.sub(r"-\d+$", "", Path(r["run"]).name)
+        groups[case].append(r)
+    out = ["| case | file | seeds | test drop plain -> controlled | test agreement plain -> controlled | "
+           "plain fails --max-drop 2 | ops in float | size vs plain | latency vs plain |",
+           "|---|---|---|---|---|---|---|---|---|"]
+
+    def mean(xs):
+        xs = [x for x in xs if x is not None]
+        return sum(xs) / len(xs) if xs else None
+
+    for case, rs in sorted(groups.items()):
+        for fam in ("tflite-int8", "onnx-int8"):
+            p = [r[f"plain/{fam}"] for r in rs]
+            c = [r[f"controlled/{fam}"] for r in rs]
+            has_test = all("test_drop" in x for x in p + c)
+            drop = (f"{mean([x['test_drop'] for x in p]):.2f} -> {mean([x['test_drop'] for x in c]):.2f}"
+                    if has_test else "-")
+            agr = (f"{100 * mean([x['test_agreement'] for x in p]):.1f} % -> "
+                   f"{100 * mean([x['test_agreement'] for x in c]):.1f} %" if has_test else "-")
+            fails = sum(not x["passes_max_drop"] for x in p)
+            ops = "/".join(str(len(x["float_ops"] or [])) for x in c)
+            size = mean([x["bytes"] / y["bytes"] for x, y in zip(c, p)])
+            lat = [x["latency_ratio"] for x in c if x["latency_ratio"] is not None]
+            out.append(f"| {case} | {fam} | {len(rs)} | {drop} | {agr} | {fails} of {len(rs)} | {ops} | "
+                       f"{100 * (size - 1):+.1f} % | {('x%.2f' % mean(lat)) if lat else '-'} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("runs", nargs="*", type=Path)
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/int8_control.json"))
+    ap.add_argument("--table", action="store_true", help="print the markdown table of --json and stop")
     a = ap.parse_args()
-    rows = [measure(r) for r in a.runs]
+    if a.table:
+        print(table(json.loads(a.json.read_text())["rows"]))
+        return
     a.json.parent.mkdir(parents=True, exist_ok=True)
-    a.json.write_text(json.dumps({"rows": rows}, indent=1))
+    rows = []
+    for r in a.runs:  # written after each run: a long study can be read while it runs
+        rows.append(measure(r))
+        a.json.write_text(json.dumps({"rows": rows}, indent=1))
     print(f"wrote {a.json}")
+    print(table(rows))
 
 
 if __name__ == "__main__":
