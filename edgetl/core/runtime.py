@@ -20,6 +20,10 @@ from .errors import EdgetlError, first_line
 from .formats import FORMATS, Format, format_of_file
 from .images import preprocess, quantize
 
+# what edgetl's int8 ONNX files declare in their metadata ("int8_weights"): s8 weights whose K-neighbour
+# pairs keep |w1| + |w2| <= 128 (export.onnx_int8), exact on every CPU; "u8" (zero point 128) is too
+INT8_WEIGHTS = "s8-pairs"
+EXACT_INT8_WEIGHTS = {INT8_WEIGHTS: "s8 weights, bounded pairs", "u8": "u8 weights"}
 ONNX_DTYPES = {"tensor(float)": "float32", "tensor(int8)": "int8", "tensor(uint8)": "uint8"}
 
 
@@ -267,13 +271,13 @@ class ONNXRunner(Runner):
 
 
 def session_mode(meta: dict) -> str:
-    """How an onnxruntime session gets exact int8 answers on this CPU. edgetl's int8 files store their
-    weights as u8 (no saturation anywhere); other int8 files on an x86 CPU without VNNI get onnxruntime's
-    session.x64quantprecision=1, which converts s8 weights to u8 at load time."""
+    """How an onnxruntime session gets exact int8 answers on this CPU. edgetl's int8 files store weights
+    that cannot saturate anywhere (EXACT_INT8_WEIGHTS); other int8 files on an x86 CPU without VNNI get
+    onnxruntime's session.x64quantprecision=1, which converts s8 weights to u8 at load time."""
     if FORMATS.get(meta.get("format"), FORMATS["onnx-fp32"]).precision != "int8":
         return "default"
-    if meta.get("int8_weights") == "u8":
-        return "default (u8 weights: exact on every CPU)"
+    if meta.get("int8_weights") in EXACT_INT8_WEIGHTS:
+        return f"default ({EXACT_INT8_WEIGHTS[meta['int8_weights']]}: exact on every CPU)"
     if cpu.u8s8_saturates():
         return "x64quantprecision=1 (s8 weights on an x86 CPU without VNNI)"
     return "default (this CPU does not saturate int8 sums)"
