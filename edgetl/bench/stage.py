@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.amx import check_mode as check_amx_mode
 from ..core.console import native_logs_aside
 from ..core.errors import ArtifactCheckError, EdgetlError
 from ..core.formats import FORMATS
@@ -34,11 +35,14 @@ class Settings:
     profile: dict | None
     previous: dict | None  # the --compare JSON
     emulate_cpu: str | None
+    amx: str = "auto"
 
 
-def check_options(data_dir, device, threads, compare, min_time, min_runs, formats, emulate) -> Settings:
+def check_options(data_dir, device, threads, compare, min_time, min_runs, formats, emulate,
+                  amx: str = "auto") -> Settings:
     """Every option, checked before any work (one line naming the flag on bad input)."""
     thread_list = parse_threads(threads)
+    check_amx_mode(amx)
     if min_time <= 0:
         raise EdgetlError(f"--min-time {min_time}: must be > 0 seconds")
     if min_runs < 1:
@@ -56,19 +60,19 @@ def check_options(data_dir, device, threads, compare, min_time, min_runs, format
     prev = load_compare(compare) if compare else None
     if data_dir is not None and not Path(data_dir).is_dir():
         raise EdgetlError(f"--data {data_dir}: no such folder")
-    return Settings(thread_list, fmt_list, profile, prev, emulation_cpu(profile) if emulate else None)
+    return Settings(thread_list, fmt_list, profile, prev, emulation_cpu(profile) if emulate else None, amx)
 
 
 def bench(paths: list[Path], data_dir: Path | None = None, device: str | None = None, threads: str | None = None,
           json_path: Path | None = None, out: Path | None = None, compare: Path | None = None,
           min_time: float = 2.0, min_runs: int = 50, formats: str | None = None, emulate: bool = False,
-          console=None, verify: bool = True, verbose: bool = False) -> dict:
+          console=None, verify: bool = True, verbose: bool = False, amx: str = "auto") -> dict:
     """The whole `edgetl bench`; verify: each file's sha256 is checked before it is measured (a file that
     fails gets an error row); verbose: the runtimes' native log lines stay on stderr."""
     from rich.console import Console
 
     console = console or Console()
-    opts = check_options(data_dir, device, threads, compare, min_time, min_runs, formats, emulate)
+    opts = check_options(data_dir, device, threads, compare, min_time, min_runs, formats, emulate, amx)
     with native_logs_aside(console, verbose):
         targets = collect_targets([Path(p) for p in paths], opts.formats)
         if not targets:
@@ -96,13 +100,13 @@ def _measure(targets, paths, data_dir, opts: Settings, json_path, out, compare, 
     with tempfile.TemporaryDirectory(prefix="edgetl-bench-") as tmp:
         sets = prepare_eval(targets, Path(data_dir) if data_dir else None, Path(tmp), console)
         rows = measure_rows(targets, opts.threads, sets, min_time, min_runs, peak, Path(tmp), opts.emulate_cpu,
-                            console)
+                            console, amx=opts.amx)
 
     result = {"edgetl_bench": 1, "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
               "device": device_name, "profile": profile, "host": host, "peak": peak,
               "settings": {"threads": opts.threads, "min_time_s": min_time, "min_runs": min_runs,
                            "formats": opts.formats, "data": str(data_dir) if data_dir else None,
-                           "emulate": opts.emulate_cpu},
+                           "emulate": opts.emulate_cpu, "amx": opts.amx},
               "eval_sets": [{k: v for k, v in s.items() if k not in ("pixels", "labels")} for s in sets.values()],
               "rows": rows}
     if opts.emulate_cpu:

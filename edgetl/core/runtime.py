@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import amx as amx_control
 from . import artifact, cpu
 from .errors import EdgetlError, first_line
 from .formats import FORMATS, Format, format_of_file
@@ -62,6 +63,7 @@ class Runner:
         self.image_size: int | None = int(self.spec["size"][0]) if self.spec else None
         self.load_seconds = 0.0
         self.session = ""  # how the runtime was set up, where that matters for the answers
+        self.amx: dict = {}  # what load(amx=...) did to this process ({"amx": status, "amx_reason": why})
         # (scale, zero point, dtype) of an integer input / output tensor
         self.in_q: tuple[float, int, np.dtype] | None = None
         self.out_q: tuple[float, int, np.dtype] | None = None
@@ -328,10 +330,15 @@ def check_integrity(path: str | Path) -> str:
     return artifact.verify(p)
 
 
-def load(path: str | Path, threads: int = 1, allow_keras: bool = True, verify: bool = True) -> Runner:
+def load(path: str | Path, threads: int = 1, allow_keras: bool = True, verify: bool = True,
+         amx: str | None = None) -> Runner:
     """Load an artifact file (TFLite/ONNX, by its bytes) or a run's model.keras (needs TensorFlow).
-    verify: check the file's sha256 first (check_integrity)."""
+    verify: check the file's sha256 first (check_integrity). amx: "auto", "on" or "off" decides, before
+    the runtime starts, whether this process may use AMX (core.amx; irreversible for the process: bench
+    and predict call it once per process); None leaves the process as it is."""
     threads = check_threads(threads)
+    if amx is not None:
+        amx_control.check_mode(amx)
     p = Path(path)
     fmt, meta = identify(p, verify)
     if fmt.runtime == "tensorflow":
@@ -340,7 +347,10 @@ def load(path: str | Path, threads: int = 1, allow_keras: bool = True, verify: b
                               f"(`edgetl export RUN` writes them)")
         if not tensorflow_installed():
             raise RuntimeSkipped("TensorFlow not installed")
-    return fmt.runner_class()(p, fmt, meta, threads)
+    info = amx_control.control(amx, p) if amx is not None and fmt.runtime != "tensorflow" else {}
+    runner = fmt.runner_class()(p, fmt, meta, threads)
+    runner.amx = info
+    return runner
 
 
 def runtime_versions() -> dict:
