@@ -10,7 +10,7 @@ from ..core.formats import Format
 from ..model.convert import INPUT_NAME, OUTPUT_NAME, int8_tflite, serving_fn
 from ..model.tfenv import tf_and_keras, tflite_converter
 from .context import ExportContext
-from .onnx_int8 import bounded_pairs
+from .onnx_int8 import bounded_pairs, unsigned_activations
 
 
 def _tflite_converter(ctx: ExportContext, quantized: bool = False):
@@ -104,7 +104,7 @@ def onnx_int8(ctx: ExportContext, fmt: Format) -> bytes:
 
 def onnx_from_tflite(tfl: bytes, fmt: Format) -> bytes:
     """tf2onnx's conversion of a TFLite file (its converter reads a path), I/O renamed, s8 weights with
-    bounded pairs."""
+    bounded pairs, u8 activations (export.onnx_int8)."""
     import tempfile
 
     import tf2onnx
@@ -115,6 +115,7 @@ def onnx_from_tflite(tfl: bytes, fmt: Format) -> bytes:
         proto, _ = tf2onnx.convert.from_tflite(str(p), opset=fmt.options.get("opset", 17))
     _rename_io(proto)
     bounded_pairs(proto)
+    unsigned_activations(proto)
     return proto.SerializeToString()
 
 

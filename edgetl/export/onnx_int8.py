@@ -159,6 +159,10 @@ def bounded_pairs(proto) -> dict:
             inits[f"{name}_zp"] = numpy_helper.from_array(zp, f"{name}_zp")
             g.initializer.append(inits[f"{name}_zp"])
         dq.input[:] = [dq.input[0], dq.input[1], f"{name}_zp"]
+    read = {x for n in g.node for x in n.input} | {o.name for o in g.output}
+    dead = [n for n in g.node if n.op_type == "DequantizeLinear" and n.output[0] not in read]  # old biases
+    for n in dead:
+        g.node.remove(n)
     _drop_unused_initializers(g)
     return stats
 
@@ -205,49 +209,88 @@ def _fit_pairs(k: np.ndarray, rescale: bool) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _bias_dq(node, producer, inits):
-    """(bias DequantizeLinear, input scale name, Mul deriving the bias scale or None) of a QDQ conv; None
-    without a bias; False when the bias or its scale is not a constant the rescale can follow."""
+    """(bias DequantizeLinear, its float32 scales, input scale) of a QDQ conv; None without a bias; False
+    when the bias or its scale is not a constant the rescale can follow."""
+    from onnx import numpy_helper
+
     if len(node.input) < 3 or not node.input[2]:
         return None
     b, x = producer.get(node.input[2]), producer.get(node.input[0])
     if b is None or b.op_type != "DequantizeLinear" or b.input[0] not in inits \
             or x is None or x.op_type != "DequantizeLinear" or x.input[1] not in inits:
         return False
+    xs = numpy_helper.to_array(inits[x.input[1]])
     if b.input[1] in inits:
-        return b, x.input[1], None
+        return b, numpy_helper.to_array(inits[b.input[1]]), xs
     mul = producer.get(b.input[1])  # export.onnx_compact: bias scale = Mul(input scale, weight scale)
     if mul is not None and mul.op_type == "Mul" and mul.input[0] == x.input[1] and mul.input[1] in inits:
-        return b, x.input[1], mul
+        return b, np.multiply(xs, numpy_helper.to_array(inits[mul.input[1]]), dtype=np.float32), xs
     return False
 
 
+def _unique(inits, base: str) -> str:
+    name, i = base, 0
+    while name in inits:
+        i += 1
+        name = f"{base}_{i}"
+    return name
+
+
 def _rescale(g, inits, node, dq, scale, f, bias, name) -> None:
-    """Weight scales x f (a new initializer); the bias requantized to input scale x new weight scale."""
-    from onnx import numpy_helper
+    """Weight scales x f (a new initializer); the conv's bias requantized to input scale x new weight
+    scale, in a new DequantizeLinear of its own (a bias may be shared with other layers)."""
+    from onnx import helper, numpy_helper
+
+    def add(base, array):
+        n = _unique(inits, base)
+        inits[n] = numpy_helper.from_array(array, n)
+        g.initializer.append(inits[n])
+        return n
 
     new_scale = (scale * f).astype(np.float32)
-    g.initializer.append(numpy_helper.from_array(new_scale, f"{name}_scale"))
-    inits[f"{name}_scale"] = g.initializer[-1]
-    dq.input[1] = f"{name}_scale"
+    dq.input[1] = add(f"{name}_scale", new_scale)
     if bias is None:
         return
-    bdq, xs_name, mul = bias
-    xs = numpy_helper.to_array(inits[xs_name])
-    bq = numpy_helper.to_array(inits[bdq.input[0]]).astype(np.float64)
-    bs = numpy_helper.to_array(inits[mul.input[1]]) * xs if mul is not None else \
-        numpy_helper.to_array(inits[bdq.input[1]])
+    bdq, bs, xs = bias
     new_bs = np.multiply(xs, new_scale, dtype=np.float32)
+    bq = numpy_helper.to_array(inits[bdq.input[0]]).astype(np.float64)
     new_bq = np.rint(bq * bs.astype(np.float64) / new_bs.astype(np.float64)).astype(np.int32)
-    bname = bdq.input[0]
-    g.initializer.append(numpy_helper.from_array(new_bq, f"{bname}_rq"))
-    inits[f"{bname}_rq"] = g.initializer[-1]
-    bdq.input[0] = f"{bname}_rq"
-    if mul is not None:
-        mul.input[1] = f"{name}_scale"
-    else:
-        g.initializer.append(numpy_helper.from_array(new_bs, f"{bname}_rq_scale"))
-        inits[f"{bname}_rq_scale"] = g.initializer[-1]
-        bdq.input[1] = f"{bname}_rq_scale"
+    out = _unique(inits | {o: None for n in g.node for o in n.output}, f"{bdq.input[0]}_rq_dq")
+    new = helper.make_node("DequantizeLinear", [add(f"{bdq.input[0]}_rq", new_bq),
+                                                add(f"{bdq.input[0]}_rq_scale", new_bs)], [out])
+    new.attribute.extend(bdq.attribute)
+    g.node.insert(0, new)  # its inputs are initializers
+    node.input[2] = out
+
+
+def unsigned_activations(proto) -> int:
+    """Give every activation QuantizeLinear / DequantizeLinear a u8 zero point (s8 zero point + 128, in
+    place; the same real values). tf2onnx writes s8 activations, as TFLite has them; with those,
+    onnxruntime on x86 left the convs next to MobileNetV2's residual Adds in float (16 of 52, with
+    transposes and requantization around them). With u8 activations it fuses every conv, Add, the
+    pooling, the classifier and the softmax into integer ops. Returns how many nodes changed."""
+    from onnx import TensorProto, numpy_helper
+
+    g = proto.graph
+    inits = {t.name: t for t in g.initializer}
+    made: dict[str, str] = {}
+    n = 0
+    for node in g.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3 \
+                or (node.op_type == "DequantizeLinear" and node.input[0] in inits):  # weights and biases
+            continue
+        zp = inits.get(node.input[2])
+        if zp is None or zp.data_type != TensorProto.INT8:
+            continue
+        if zp.name not in made:
+            made[zp.name] = _unique(inits, f"{zp.name}_u8")
+            inits[made[zp.name]] = numpy_helper.from_array(
+                (numpy_helper.to_array(zp).astype(np.int16) + 128).astype(np.uint8), made[zp.name])
+            g.initializer.append(inits[made[zp.name]])
+        node.input[2] = made[zp.name]
+        n += 1
+    _drop_unused_initializers(g)
+    return n
 
 
 def _is_depthwise(node, t) -> bool:
