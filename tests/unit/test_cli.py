@@ -28,8 +28,8 @@ FLAGS = {
               "--qat-loss", "--adapt-bn", "--base-cache", "--no-base-cache"],
     "export": ["--int8", "--format", "-f", "--calib", "--max-drop", "--keep-going", "--size-budget", "--verbose"],
     "bench": ["--data", "--device", "--threads", "--json", "--out", "--compare", "--min-time", "--min-runs",
-              "--format", "--emulate", "--no-verify", "--verbose"],
-    "predict": ["--top-k", "-k", "--json", "--threads", "--no-verify", "--verbose"],
+              "--format", "--emulate", "--no-verify", "--verbose", "--amx"],
+    "predict": ["--top-k", "-k", "--json", "--threads", "--no-verify", "--verbose", "--amx"],
     "compare": ["--out", "-o", "--fractions", "--budget", "--target", *RECIPE, "--scratch-lr"],
 }
 
