@@ -17,12 +17,12 @@ PYTEST_ARGS ?=
 # the TensorFlow tiers run one test file per worker, one worker per core
 XDIST ?= -n auto --dist loadfile
 
-.PHONY: demo test test-unit bench bench-train bench-export bench-runtime bench-compare bench-int8-sweep clean venv light arm-env
+.PHONY: demo test test-unit bench bench-train bench-export bench-runtime bench-compare bench-int8-sweep bench-remote clean venv light arm-env
 
 $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[train,test]'
+	$(BIN)/pip install -q -e '.[train,test,cluster]'
 	touch $@
 
 # Core install only (no TensorFlow): proves predict/bench run on a Pi-like install.
@@ -61,7 +61,7 @@ test-unit: $(LIGHT)/.stamp
 	$(LIGHT)/bin/python -m pytest -q tests/unit $(PYTEST_ARGS)
 
 # All benchmarks, one after another (JSON in benchmarks/results/).
-bench: bench-train bench-export bench-runtime bench-compare bench-int8-sweep
+bench: bench-train bench-export bench-runtime bench-compare bench-int8-sweep bench-remote
 
 # Timing benchmarks run under one lock so two never overlap on the shared 2-core machine.
 bench-train: $(VENV)/.stamp
@@ -83,6 +83,10 @@ bench-int8-sweep: $(VENV)/.stamp
 # compare: `edgetl compare` on hymenoptera, and --adapt-bn before/after on shifted copies -> benchmarks/results/compare.json
 bench-compare: $(VENV)/.stamp
 	flock /tmp/edgetl-cpu.lock $(BIN)/python benchmarks/bench_compare.py $(BENCH_ARGS)
+
+# bench --remote against a local bench of the same files, the remote being sshd on 127.0.0.1 -> benchmarks/results/bench_remote.json
+bench-remote: $(VENV)/.stamp $(LIGHT)/.stamp
+	flock /tmp/edgetl-cpu.lock $(BIN)/python benchmarks/bench_remote.py --remote-python $(abspath $(LIGHT))/bin/python $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(LIGHT) runs .pytest_cache build

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import inspect
 import os
@@ -21,9 +22,12 @@ from rich.console import Console
 
 from .bench.config import BenchConfig
 from .compare.config import CompareConfig
+from .core.config import check_floats
+from .core.console import shown
 from .core.errors import EdgetlError, Terminated
 from .export.config import ExportConfig
 from .predict import PredictConfig
+from .search.config import SearchConfig
 from .train.config import TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -52,10 +56,21 @@ def command(config_cls):
         def run(**kwargs):
             try:
                 with sigterm_as_interrupt():
-                    return fn(config_cls(**kwargs))
+                    cfg = config_cls(**kwargs)
+                    check_floats(cfg)
+                    return fn(cfg)
             except EdgetlError as e:
-                err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+                err.print(f"[bold red]error:[/] {shown(e)}", highlight=False, soft_wrap=True)
                 raise typer.Exit(e.exit_code) from None
+            except Exception as e:  # a full disk or a file-size limit: one line naming the place
+                full = _no_space(e)
+                if full is None:
+                    raise
+                where = full.filename or _output_of(kwargs)
+                err.print(f"[bold red]error:[/] {shown(where)}: {full.strerror}; the previous files there are "
+                          "intact (nothing was left half-written); free space or raise the limit, then run again",
+                          highlight=False, soft_wrap=True)
+                raise typer.Exit(2) from None
             except KeyboardInterrupt as e:
                 term = isinstance(e, Terminated)
                 err.print(f"[bold red]{'terminated' if term else 'interrupted'}[/]: nothing was left half-written")
@@ -95,7 +110,9 @@ def bench(cfg: BenchConfig) -> None:
     res = run_bench([Path(p) for p in cfg.target], data_dir=cfg.data, device=cfg.device, threads=cfg.threads,
                     json_path=cfg.json_out, out=cfg.out, compare=cfg.compare, min_time=cfg.min_time,
                     min_runs=cfg.min_runs, formats=cfg.formats, emulate=cfg.emulate, console=con,
-                    verify=not cfg.no_verify, verbose=cfg.verbose, amx=cfg.amx)
+                    verify=not cfg.no_verify, verbose=cfg.verbose, amx=cfg.amx, remote=cfg.remote,
+                    ssh_options=cfg.ssh_option, remote_python=cfg.remote_python, wheelhouse=cfg.wheelhouse,
+                    remote_timeout=cfg.remote_timeout)
     model = next((r["file"] for r in res["rows"] if r["status"] == "ok" and r["format"] != "keras"), None)
     if model:
         con.print(f"next: edgetl predict {model} IMAGE_OR_DIR", highlight=False, soft_wrap=True)
@@ -119,6 +136,69 @@ def compare(cfg: CompareConfig) -> None:
     from .compare.stage import compare as run_compare
 
     run_compare(cfg, Console(stderr=True), prepared=validate(cfg))
+
+
+NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # disk full, file-size limit (ulimit -f), quota
+
+
+def _no_space(e: BaseException) -> OSError | None:
+    """The OSError of a full disk or a size limit behind `e` (libraries wrap it), else None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in NO_SPACE:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _output_of(kwargs: dict) -> str:
+    """What a command writes, for a message: --out, else RUN."""
+    return str(kwargs.get("out") or kwargs.get("run") or "the output folder")
+
+
+@command(SearchConfig)
+def search(cfg: SearchConfig) -> None:
+    """The most accurate model whose file fits a device's latency, size and RAM budget (Optuna study in --out)."""
+    from .bench.devices import load_device
+    from .bench.worker import run_worker
+    from .search.config import BEST_DIR, validate
+    from .search.stage import search as run_search
+
+    p = validate(cfg)
+    profile = None if cfg.device == "this" else load_device(cfg.device)
+    con = Console(stderr=True)
+    report = run_search(cfg, p, run_worker, profile, con)
+    if report["best"] is None:
+        raise typer.Exit(1)
+    if cfg.export_best:
+        _train_and_export_best(cfg, report, Path(cfg.out), Path(cfg.out) / BEST_DIR, con)
+        con.print(f"next: edgetl bench {Path(cfg.out) / BEST_DIR}" + (f" --device {cfg.device}" if profile else ""),
+                  highlight=False, soft_wrap=True)
+    _fast_exit_after_tensorflow()
+
+
+def _train_and_export_best(cfg: SearchConfig, report: dict, out: Path, best_dir: Path, con) -> None:
+    """The best trial's configuration trained into OUT/best by train, its file written and checked by export
+    (the stages talk through the run directory)."""
+    from .export.stage import export_run
+    from .search.stage import record_best_run
+    from .train.config import TrainConfig, validate as validate_train
+    from .train.stage import train as run_train
+
+    c = report["best"]["config"]
+    tcfg = TrainConfig(**{**cfg.recipe(), "alpha": c["alpha"], "image_size": c["image_size"], "head": c["head"],
+                          "dropout": round(c["dropout"], 2), "augment": c["augment"], "fine_tune": "off",
+                          "out": str(best_dir), "overwrite": True}, test=cfg.test)
+    con.rule(f"best trial {report['best']['trial']} -> {best_dir}")
+    res = run_train(tcfg, con, prepared=validate_train(tcfg))
+    manifest = export_run(best_dir, formats=c["format"], seed=cfg.seed, console=con, verbose=cfg.verbose)
+    rep = record_best_run(out, best_dir, res.meta, manifest, c["format"])
+    b = rep["best"]
+    test = (f", test accuracy {b['test_accuracy']:.3f} ({b['n_test']} images)" if b.get("test_accuracy") is not None
+            else "")
+    con.print(f"{best_dir}: val accuracy {b['run_val_accuracy']:.3f}{test}; {b['file']} "
+              f"{b['file_size_mb']:.2f} MB", highlight=False)
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ artifact) as training. No TensorFlow: runs with the light install.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 from .core import data, images, runtime
 from .core.amx import check_mode as check_amx_mode
 from .core.config import REQUIRED, opt
-from .core.console import native_logs_aside
+from .core.console import native_logs_aside, shown
 from .core.errors import EdgetlError
 
 
@@ -47,8 +48,15 @@ def predict(model_path: Path, inputs: list[Path], top_k: int = 3, as_json: bool 
         raise EdgetlError("give at least one image file or folder after MODEL")
     skipped: list[dict] = []
     files = data.iter_image_files(inputs, skipped)  # raises on a missing path, before loading the model
+    cores = os.cpu_count() or 1
+    if threads > cores:
+        _note(console, as_json, f"--threads {threads} is more than this machine's {cores} cores")
     with native_logs_aside(console, verbose):  # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate"
         model = runtime.load(model_path, threads=threads, allow_keras=False, verify=verify, amx=amx)
+    if model.integrity == "unverified":
+        _note(console, as_json, f"unverified: {model_path} has no valid sealed sha256 and no manifest entry: its "
+                                "content could not be checked")
+    with native_logs_aside(console, verbose):
         k = min(top_k, len(model.classes))
         results = []
         for f in files:
@@ -61,17 +69,29 @@ def predict(model_path: Path, inputs: list[Path], top_k: int = 3, as_json: bool 
             order = np.argsort(-probs, kind="stable")[:k]
             results.append({"path": str(f), "top": [{"label": model.classes[i], "probability": float(probs[i])}
                                                     for i in order]})
+    skipped = [{**s, "file": shown(s["file"]), "reason": shown(s["reason"])} for s in skipped]
     doc = {"model": str(model_path), "format": model.format.name, **model.amx, "classes": model.classes,
            "image_size": model.image_size, "top_k": k, "images": len(results), "skipped": skipped,
-           "predictions": results}
+           "integrity": model.integrity, "predictions": [{**r, "path": shown(r["path"])} for r in results]}
+    if not results:  # no table: only what was skipped, then the error
+        if not as_json:
+            for s in skipped:
+                console.print(f"[yellow]skipped[/] {s['file']}: {s['reason']}", highlight=False)
+        raise EdgetlError(f"no readable images among {len(files)} file(s) given" if files else
+                          "no image files found in the given folder(s)")
     if as_json:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
         _print(doc, console)
-    if not results:
-        raise EdgetlError(f"no readable images among {len(files)} file(s) given" if files else
-                          "no image files found in the given folder(s)")
     return doc
+
+
+def _note(console, as_json: bool, text: str) -> None:
+    """A warning line: on stderr with --json (stdout holds the JSON document), else on the console."""
+    if as_json:
+        sys.stderr.write(f"note: {text}\n")
+    else:
+        console.print(f"[yellow]note[/]: {text}", highlight=False, soft_wrap=True)
 
 
 def _print(doc: dict, console) -> None:

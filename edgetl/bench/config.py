@@ -26,3 +26,12 @@ class BenchConfig:
     no_verify: bool = opt(False, "Measure files even if their sha256 differs from the manifest or their embedded "
                                  "seal (damaged or changed since export)", "--no-verify")
     verbose: bool = opt(False, "Show the runtimes' native log lines on stderr", "--verbose")
+    remote: str | None = opt(None, "Measure on this machine over ssh: user@host, host:port or ssh://user@host:port "
+                                   "(your ~/.ssh/config, agent and keys apply; the files land here)", metavar="HOST")
+    ssh_option: list[str] = opt([], "With --remote: an ssh option KEY=VALUE (ssh -o), repeatable", "--ssh-option",
+                                metavar="KEY=VALUE")
+    remote_python: str | None = opt(None, "With --remote: a python there that has numpy, onnxruntime and "
+                                          "ai-edge-litert (default: a light venv made there once)", metavar="PATH")
+    wheelhouse: str | None = opt(None, "With --remote: wheels for a remote without a package index (fill with "
+                                       "`python -m edgetl.bench.remote wheelhouse DIR`)", metavar="DIR")
+    remote_timeout: float = opt(900.0, "With --remote: seconds any one remote step or row may take")

@@ -124,9 +124,11 @@ def _packages(base: str, suite: str, arch: str, hashes: dict, want: set[str]) ->
     return out, len(data)
 
 
-def resolve_debs(log) -> tuple[dict[str, dict], bool, int]:
-    """{package: newest stanza across bookworm, -updates and -security} (arm64 libs + the amd64 QEMU),
-    whether every index's signature was checked, and the bytes of index downloaded."""
+def resolve_debs(log, wanted: dict[str, tuple] | None = None) -> tuple[dict[str, dict], bool, int]:
+    """{package: newest stanza across bookworm, -updates and -security} of `wanted` ({Debian arch:
+    package names}; default: the arm env's arm64 libs + the amd64 QEMU), whether every index's signature
+    was checked, and the bytes of index downloaded."""
+    wanted = wanted or {"arm64": ARM_PACKAGES, "amd64": (QEMU_PACKAGE,)}
     root = os.environ.get("EDGETL_DEBIAN_URL", DEBIAN_URL).rstrip("/")
     found: dict[str, list[dict]] = {}
     all_signed, nbytes = True, 0
@@ -134,14 +136,14 @@ def resolve_debs(log) -> tuple[dict[str, dict], bool, int]:
         base = f"{root}/{archive}"
         hashes, signed = _release_hashes(base, suite, log)
         all_signed &= signed
-        for arch, want in (("arm64", set(ARM_PACKAGES)), ("amd64", {QEMU_PACKAGE})):
-            stanzas, n = _packages(base, suite, arch, hashes, want)
+        for arch, want in wanted.items():
+            stanzas, n = _packages(base, suite, arch, hashes, set(want))
             nbytes += n
             for name, st in stanzas.items():
                 found.setdefault(name, []).append(st)
         log(f"  index {suite}: " + ("signature and hashes checked" if signed else
                                     f"hashes checked; signature NOT checked (needs gpgv and {KEYRING})"))
-    missing = [n for n in (*ARM_PACKAGES, QEMU_PACKAGE) if n not in found]
+    missing = [n for want in wanted.values() for n in want if n not in found]
     if missing:
         raise EdgetlError(f"arm env: Debian bookworm has no {', '.join(missing)} in its indexes")
     newest = cmp_to_key(lambda a, b: compare_versions(a["version"], b["version"]))

@@ -3,6 +3,7 @@ description (CPU, features, FP32 peak, runtime versions)."""
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import re
@@ -27,8 +28,8 @@ def parse_threads(spec: str | None) -> list[int] | None:
             t = int(part)
         except ValueError:
             raise EdgetlError(f"--threads {spec!r}: give whole numbers >= 1, comma-separated (e.g. 1,2,4)") from None
-        if t <= 0:
-            raise EdgetlError(f"--threads {spec!r}: thread counts must be >= 1 (got {t})")
+        if not 1 <= t <= MAX_THREADS:
+            raise EdgetlError(f"--threads {spec!r}: thread counts must be from 1 to {MAX_THREADS} (got {t})")
         out.append(t)
     return list(dict.fromkeys(out))
 
@@ -58,16 +59,60 @@ def load_device(name: str) -> dict:
                               " (or give a path to a .toml file)")
     try:
         prof = tomllib.loads(p.read_text())
+    except OSError as e:
+        raise EdgetlError(f"--device {p}: cannot read it ({e.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise EdgetlError(f"--device {p}: not valid TOML ({e})") from None
     prof.setdefault("name", p.stem)
+    bad = profile_errors(prof)
+    if bad:
+        raise EdgetlError("\n".join(f"--device {p}: {b}" for b in bad))
     prof["file"] = str(p)
     if "threads" in prof:
-        prof["threads"] = parse_threads(",".join(str(t) for t in prof["threads"]))
-    bad = [f for f in prof.get("formats", []) if f not in FORMATS]
-    if bad:
-        raise EdgetlError(f"--device {p}: unknown formats {bad}; valid: {', '.join(FORMATS)}")
+        prof["threads"] = list(dict.fromkeys(prof["threads"]))
     return prof
+
+
+DEVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_THREADS = runtime.MAX_THREADS
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def profile_errors(prof: dict) -> list[str]:
+    """One line per field of a device profile that is not what bench reads (empty: a valid profile)."""
+    bad = []
+    name = prof.get("name")
+    if not isinstance(name, str) or not DEVICE_NAME.fullmatch(name):
+        bad.append(f"name = {name!r}: give letters, digits, '.', '_' or '-' (it names the output files; no "
+                   "path separators)")
+    for key in ("description", "arch", "qemu_cpu"):
+        if key in prof and not isinstance(prof[key], str):
+            bad.append(f"{key} = {prof[key]!r}: must be a string")
+    t = prof.get("threads")
+    if t is not None and not (isinstance(t, list) and t and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                 and 1 <= x <= MAX_THREADS for x in t)):
+        bad.append(f"threads = {t!r}: must be a list of thread counts from 1 to {MAX_THREADS}, e.g. [1, 4]")
+    f = prof.get("formats")
+    if f is not None:
+        if not (isinstance(f, list) and all(isinstance(x, str) for x in f)):
+            bad.append(f"formats = {f!r}: must be a list of format names, e.g. [\"tflite-int8\"]")
+        elif [x for x in f if x not in FORMATS]:
+            bad.append(f"formats: unknown formats {[x for x in f if x not in FORMATS]}; valid: {', '.join(FORMATS)}")
+    peak = prof.get("peak")
+    if peak is not None:
+        if not isinstance(peak, dict):
+            bad.append(f"peak = {peak!r}: must be a table ([peak]) of numbers")
+        else:
+            for k, v in peak.items():
+                if k != "basis" and not _number(v):
+                    bad.append(f"peak.{k} = {v!r}: must be a positive number")
+    ref = prof.get("reference")
+    if ref is not None and not (isinstance(ref, list) and all(isinstance(r, dict) for r in ref)):
+        bad.append(f"reference = {ref!r}: must be [[reference]] tables")
+    return bad
 
 
 def emulation_profiles() -> list[str]:
@@ -115,9 +160,13 @@ def host_slug(host: dict) -> str:
 
 
 def fp32_peak(profile: dict | None, host: dict) -> dict:
-    """The FP32 peak that % of peak is measured against: the profile's when it names one, else this CPU's."""
-    if profile and profile.get("peak", {}).get("fp32_gflops_per_core"):
+    """The FP32 peak that % of peak is measured against: that of `host`, the machine the rows run on; the
+    profile's only when that machine's clock is unknown and the profile is for its architecture."""
+    own = dict(host["peak"])
+    if own.get("fp32_gflops_per_core") or not profile or profile.get("arch", host.get("arch")) != host.get("arch"):
+        return own
+    if profile.get("peak", {}).get("fp32_gflops_per_core"):
         peak = {**profile["peak"], "basis": profile["peak"].get("basis", "device profile")}
         peak.setdefault("fp32_gmacs_per_core", peak["fp32_gflops_per_core"] / 2)
         return peak
-    return dict(host["peak"])
+    return own

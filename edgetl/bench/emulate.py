@@ -40,14 +40,16 @@ WHEEL_PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_27_aarch64", "manylinux
 
 
 # ---- wheels ------------------------------------------------------------------------------------------
-def _download_wheels(pins: dict, folder: Path, log) -> list[Path]:
+def _download_wheels(pins: dict, folder: Path, log, platforms=WHEEL_PLATFORMS, python_version: str = "3.11",
+                     what: str = "arm env") -> list[Path]:
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--dest", str(folder),
-           "--python-version", "3.11", *[a for p in WHEEL_PLATFORMS for a in ("--platform", p)],
+           "--python-version", python_version, *[a for p in platforms for a in ("--platform", p)],
            *[f"{k}=={v}" for k, v in pins.items()]]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         err = [ln for ln in r.stderr.splitlines() if ln.startswith("ERROR")] or r.stderr.strip().splitlines()[-1:]
-        raise EdgetlError(f"arm env: pip download of the aarch64 wheels failed: {(err or ['no output'])[0][:300]}")
+        arch = next((a for a in ("aarch64", "x86_64") if a in platforms[0]), platforms[0])
+        raise EdgetlError(f"{what}: pip download of the {arch} wheels failed: {(err or ['no output'])[0][:300]}")
     wheels = sorted(folder.glob("*.whl"))
     for w in wheels:
         log(f"  {w.name} ({w.stat().st_size / 1e6:.1f} MB)")

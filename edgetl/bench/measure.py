@@ -19,9 +19,11 @@ from .worker import WORKER_TIMEOUT_S, run_worker
 
 
 def measure_rows(targets: list[Target], threads: list[int], sets: dict, min_time: float, min_runs: int,
-                 peak: dict, tmp: Path, emulate_cpu: str | None, console, amx: str = "auto") -> list[dict]:
+                 peak: dict, tmp: Path, emulate_cpu: str | None, console, run=None, cores: int | None = None,
+                 amx: str = "auto") -> list[dict]:
     """One row per target x thread count, in that order; with `emulate_cpu`, each target's emulated row
-    right after its host rows. amx: each worker's AMX mode (core.amx)."""
+    right after its host rows. `run` measures one job (default: a worker here, worker.run_worker), `cores`
+    is the measuring machine's core count (default: this machine's); amx: each worker's AMX mode (core.amx)."""
     rows: list[dict] = []
     jobs = [(i, t, n) for i, t in enumerate(targets) for n in threads]
     with progress(console, transient=True) as prog:
@@ -30,7 +32,8 @@ def measure_rows(targets: list[Target], threads: list[int], sets: dict, min_time
             prog.update(task, description=f"{t.label} x{n} thread{'s' if n > 1 else ''}")
             # the first thread count's run keeps its per-image probabilities for the emulated rows
             probs = tmp / f"host-{i}.npy" if emulate_cpu and n == threads[0] else None
-            rows.append(measure_row(t, n, sets, min_time, min_runs, peak, save_probs=probs, amx=amx))
+            rows.append(measure_row(t, n, sets, min_time, min_runs, peak, save_probs=probs, run=run, cores=cores,
+                                    amx=amx))
             prog.advance(task)
     if emulate_cpu:
         rows = _with_emulated_rows(targets, rows, emulate_cpu, sets, tmp, console)
@@ -43,7 +46,7 @@ def _base_row(t: Target, threads: int) -> dict:
 
 
 def measure_row(t: Target, threads: int, sets: dict, min_time: float, min_runs: int, peak: dict,
-                save_probs: Path | None = None, amx: str = "auto") -> dict:
+                save_probs: Path | None = None, run=None, cores: int | None = None, amx: str = "auto") -> dict:
     row = {**_base_row(t, threads), **t.extra}
     if t.meta:
         row["macs"] = t.meta.get("macs")
@@ -61,7 +64,7 @@ def measure_row(t: Target, threads: int, sets: dict, min_time: float, min_runs: 
         row["accuracy_split"] = ev["split"]  # "test", "val" or "data" (--data)
     if save_probs is not None and ev:
         job["save_probs"] = str(save_probs)
-    res = run_worker(job)
+    res = (run or run_worker)(job)
     res.pop("traceback", None)
     row.update({k: v for k, v in res.items() if k not in ("classes",) and not (k == "macs" and v is None)})
     lat = row.get("latency_ms")
@@ -70,7 +73,7 @@ def measure_row(t: Target, threads: int, sets: dict, min_time: float, min_runs: 
         pk = peak.get("fp32_gmacs_per_core")
         # % of the FP32 peak only means something for float kernels (int8 runs on other, faster units)
         if pk and FORMATS.get(t.fmt) is not None and FORMATS[t.fmt].precision != "int8":
-            row["pct_of_fp32_peak"] = 100.0 * row["gmacs_per_s"] / (pk * min(threads, os.cpu_count() or threads))
+            row["pct_of_fp32_peak"] = 100.0 * row["gmacs_per_s"] / (pk * min(threads, cores or os.cpu_count() or threads))
     return row
 
 

@@ -7,6 +7,7 @@ import csv
 import datetime as _dt
 import io
 import json
+import os
 from pathlib import Path
 
 from ..core.errors import EdgetlError
@@ -15,7 +16,7 @@ from ..core.rundir import write_bytes, write_json
 CSV_COLUMNS = ["name", "format", "threads", "status", "load_ms", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms",
                "runs", "cpu_p50_ms", "throughput_ips", "accuracy", "accuracy_split", "eval_images", "bytes",
                "peak_rss_mb", "macs", "gmacs_per_s", "pct_of_fp32_peak", "image_size", "alpha", "file", "emulated_cpu", "agreement_vs_host",
-               "max_abs_dp_vs_host", "emulation_wall_s", "amx"]
+               "max_abs_dp_vs_host", "emulation_wall_s", "amx", "measured_on"]
 
 
 # ---- summary and compare ----------------------------------------------------------------------------
@@ -52,9 +53,27 @@ def load_compare(path: Path) -> dict:
         prev = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise EdgetlError(f"--compare {p}: not a JSON file") from None
+    except OSError as e:
+        raise EdgetlError(f"--compare {p}: cannot read it ({e.strerror})") from None
     if not isinstance(prev, dict) or "rows" not in prev:
         raise EdgetlError(f"--compare {p}: not an `edgetl bench` JSON (no 'rows')")
+    rows = prev["rows"]
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise EdgetlError(f"--compare {p}: 'rows' is not a list of bench rows; give a JSON `edgetl bench` wrote")
+    rows[:] = [r for r in rows if all(isinstance(r.get(k), (str, int, type(None))) and not isinstance(r.get(k), bool)
+                                      for k in ("name", "threads", "format", "emulated_cpu"))]
+    for r in rows:
+        for k in ("latency_ms", "accuracy", "bytes"):
+            v = r.get(k)
+            if k == "latency_ms" and v is not None and not (isinstance(v, dict) and _num(v.get("p50")) and v["p50"] > 0):
+                r.pop(k)  # an edited row: compared on what it still has
+            elif k != "latency_ms" and v is not None and not _num(v):
+                r.pop(k)
     return prev
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and v not in (float("inf"), float("-inf"))
 
 
 def apply_compare(rows: list[dict], prev: dict) -> None:
@@ -109,8 +128,9 @@ def _table(result: dict, emu: bool, comp: bool):
     from rich.table import Table
 
     host = result["host"]
-    tab = Table(title=f"edgetl bench — {result['device']} — {host['cpu']}, {host['cores']} cores, {host['arch']}",
-                title_justify="left")
+    remote = (result.get("remote") or {}).get("address")
+    tab = Table(title=f"edgetl bench — measured on {result['device']}{f' at {remote}' if remote else ''} — "
+                      f"{host['cpu']}, {host['cores']} cores, {host['arch']}", title_justify="left")
     splits = {r.get("accuracy_split") for r in result["rows"] if r.get("accuracy") is not None}
     acc = {"test": "test acc", "val": "val acc"}.get(splits.pop(), "accuracy") if len(splits) == 1 else "accuracy"
     cols = ["artifact", "thr", "load ms", "p50 ms", "p90/p99 ms", "mean ± std", "cpu ms", "img/s", acc,
@@ -172,6 +192,9 @@ def _row_notes(rows: list[dict]) -> list[str]:
     if any(r.get("amx") == "unavailable" for r in rows) and not amx:
         out.append("AMX: unavailable on this CPU (--amx changes nothing here)")
     out.append("cpu ms = process CPU time per inference (p50): not inflated when other programs share the CPU")
+    for name, f in dict.fromkeys((r["name"], r["file"]) for r in rows if r.get("integrity") == "unverified"):
+        out.append(f"[yellow]unverified[/]: {name} ({f}) has no valid sealed sha256 and no manifest entry: its "
+                   "content could not be checked")
     return out
 
 
@@ -223,15 +246,51 @@ def _summary_lines(result: dict) -> list[str]:
 
 
 # ---- files ------------------------------------------------------------------------------------------
+def output_folder(paths: list[Path], out: Path | None) -> tuple[Path, str]:
+    """(folder, flag naming it): --out, else RUN/bench for one run, else ./bench."""
+    if out is not None:
+        return Path(out), "--out"
+    runs = [p for p in paths if p.is_dir()]
+    return ((runs[0] / "bench"), f"RUN {runs[0]}: bench/") if len(runs) == 1 else (Path("bench"), "./bench")
+
+
+def _probe(folder: Path, flag: str) -> None:
+    """Write a temp file in `folder`, or in its nearest existing ancestor when it is still to be made (the
+    write itself is the test: permissions, read-only mounts and root alike); nothing is left behind."""
+    import tempfile
+
+    if folder.exists() and not folder.is_dir():
+        raise EdgetlError(f"{flag} {folder}: exists and is not a folder")
+    at = folder.absolute()
+    while not at.exists():
+        at = at.parent
+    try:
+        if not at.is_dir():
+            raise NotADirectoryError(20, f"{at} is not a folder")
+        with tempfile.TemporaryFile(dir=at):
+            pass
+    except OSError as e:
+        raise EdgetlError(f"{flag} {folder}: cannot write in it ({e.strerror}); nothing was measured") from None
+
+
+def check_outputs(paths: list[Path], out: Path | None, json_path: Path | None) -> None:
+    """Every output place of a bench is writable, before anything is measured (one line naming it)."""
+    folder, flag = output_folder(paths, out)
+    _probe(folder, flag if flag == "--out" else "bench: output folder")
+    if json_path is not None:
+        j = Path(json_path)
+        if j.is_dir():
+            raise EdgetlError(f"--json {j}: is a folder; give a file name, e.g. {j / 'bench.json'}")
+        if j.exists() and not os.access(j, os.W_OK):
+            raise EdgetlError(f"--json {j}: cannot write it (permission denied); nothing was measured")
+        _probe(j.absolute().parent, f"--json {j}: its folder")
+
+
 def write_outputs(result: dict, paths: list[Path], out: Path | None, json_path: Path | None, device: str,
                   console) -> dict:
     """bench.json/.csv/.png in --out (or RUN/bench/<device>-<date>.*), plus the --json copy."""
-    if out is not None:
-        folder, stem = Path(out), "bench"
-    else:
-        runs = [p for p in paths if p.is_dir()]
-        folder = (runs[0] / "bench") if len(runs) == 1 else Path("bench")
-        stem = f"{device}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    folder, _ = output_folder(paths, out)
+    stem = "bench" if out is not None else f"{device}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     folder.mkdir(parents=True, exist_ok=True)
     files = {"json": str(folder / f"{stem}.json"), "csv": str(folder / f"{stem}.csv")}
     write_json(files["json"], result)
@@ -262,31 +321,134 @@ def csv_text(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+PLACE_MARKERS = {"here": ("o", "this machine"), "remote": ("s", "remote"), "emulated": ("^", "emulated")}
+
+
 def plot(result: dict, png: Path) -> bool:
-    """Latency (p50) against accuracy per artifact; False when matplotlib is missing."""
-    # the Figure API renders with Agg, without pyplot's global state
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
+    """The bench PNG (bench_figure); False when matplotlib is missing."""
+    fig = bench_figure(result)
+    if fig is None:
         return False
-    pts = [r for r in result["rows"] if r["status"] == "ok" and r.get("latency_ms")]
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.subplots()
-    # artifacts often share one accuracy: stagger the labels in latency order so they stay readable
-    for i, r in enumerate(sorted(pts, key=lambda r: r["latency_ms"]["p50"])):
-        acc = r.get("accuracy")
-        y = 100 * acc if acc is not None else 0.0
-        ax.scatter(r["latency_ms"]["p50"], y, s=40)
-        ax.annotate(f"{r['name']} x{r['threads']}", (r["latency_ms"]["p50"], y), fontsize=7,
-                    xytext=(4, 6 + 9 * (i % 4)), textcoords="offset points",
-                    arrowprops={"arrowstyle": "-", "lw": 0.4, "alpha": 0.5})
-    ax.set_xscale("log")
-    ax.set_xlabel("batch-1 latency p50 (ms, log scale)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"edgetl bench — {result['device']}")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     write_bytes(png, buf.getvalue())
     return True
+
+
+def bench_figure(result: dict):
+    """Accuracy against p50 latency per row: one colour per format, one marker per place (this machine,
+    remote, emulated), plain millisecond ticks, labels placed where they overlap nothing. None without
+    matplotlib."""
+    # the Figure API renders with Agg, without pyplot's global state
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import Patch
+        from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+    except ImportError:
+        return None
+    from ..core.formats import FORMATS
+
+    pts = [r for r in result["rows"] if r["status"] == "ok" and r.get("latency_ms")]
+    fig = Figure(figsize=(8, 5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    names = list(FORMATS)
+    colour = {f: f"C{names.index(f) % 10}" if f in names else "C9" for f in dict.fromkeys(r["format"] for r in pts)}
+    places = dict.fromkeys(r.get("measured_on", "here") for r in pts)
+    xy = [(r["latency_ms"]["p50"], 100 * r["accuracy"] if r.get("accuracy") is not None else 0.0) for r in pts]
+    for r, (x, y) in zip(pts, xy):
+        ax.scatter(x, y, s=46, color=colour[r["format"]], marker=PLACE_MARKERS.get(r.get("measured_on"), ("o",))[0],
+                   edgecolors="black", linewidths=0.4, zorder=3)
+    if xy:
+        _log_ms_axis(ax, [x for x, _ in xy], FixedLocator, FuncFormatter, NullLocator)
+        ys = [y for _, y in xy]
+        pad = max(2.0, (max(ys) - min(ys)) * 0.25)
+        ax.set_ylim(max(0.0, min(ys) - pad), min(100.0 + pad / 2, max(ys) + pad))
+    ax.set_xlabel("batch-1 latency p50 (ms)")
+    ax.set_ylabel("accuracy (%)")
+    where = result.get("measured_on") or {}
+    ax.set_title(f"edgetl bench: measured on {result['device']}"
+                 + (f" at {where['remote']}" if where.get("remote") else "")
+                 + (f"\n{where.get('cpu')}, {where.get('cores')} cores" if where.get("cpu") else ""), fontsize=10)
+    ax.grid(alpha=0.3, which="major")
+    handles = [Patch(color=c, label=f) for f, c in colour.items()]  # colour swatches: the marker is the place
+    handles += [Line2D([], [], linestyle="", marker=PLACE_MARKERS[p][0], color="grey", label=PLACE_MARKERS[p][1])
+                for p in places if p in PLACE_MARKERS] if len(places) > 1 or "here" not in places else []
+    if handles:
+        ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    _place_labels(fig, ax, pts, xy)  # last: the layout is final, so the label boxes are where they are drawn
+    return fig
+
+
+def _log_ms_axis(ax, xs, FixedLocator, FuncFormatter, NullLocator) -> None:
+    """A log axis whose ticks are plain milliseconds on the 1-2-5 series, with a tick at both ends."""
+    import math
+
+    series = [m * 10 ** e for e in range(-3, 6) for m in (1, 2, 5)]
+    lo = max([v for v in series if v <= min(xs) / 1.05] or [series[0]])
+    hi = min([v for v in series if v >= max(xs) * 1.05] or [series[-1]])
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    ticks = [v for v in series if lo <= v <= hi]
+    if len(ticks) > 8:  # wide ranges: decades only
+        ticks = [v for v in ticks if math.isclose(math.log10(v), round(math.log10(v)))]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def _place_labels(fig, ax, pts: list[dict], xy: list[tuple]) -> None:
+    """Each point's label ("name xN") at the first of a few offsets where it overlaps no other label, no
+    point and stays inside the axes; hand-placed because matplotlib has no label-avoidance."""
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    renderer = fig.canvas.get_renderer()
+    box = ax.get_window_extent(renderer)
+    dots = [ax.transData.transform(p) for p in xy]
+    taken = []
+    # beside the point without a line while no other point is nearer to the label; else above or below it,
+    # farther out, with a leader line
+    offsets = [(7, 5), (-7, 5), (7, -11), (-7, -11)] + [(0, d) for k in range(1, 7) for d in (6 + 12 * k, -12 - 12 * k)]
+    order = sorted(range(len(pts)), key=lambda i: xy[i][0])
+    for i in order:
+        r = pts[i]
+        text = f"{r['name']} x{r['threads']}"
+        chosen = first = None
+        for dx, dy in offsets:
+            lined = dx == 0
+            ann = ax.annotate(text, xy[i], xytext=(dx, dy), textcoords="offset points", fontsize=7,
+                              ha="center" if lined else "left" if dx > 0 else "right",
+                              va="bottom" if dy > 0 else "top" if lined else "bottom",
+                              arrowprops={"arrowstyle": "-", "lw": 0.6, "color": "0.45", "shrinkA": 1,
+                                          "shrinkB": 4} if lined else None)
+            ann.update_positions(renderer)
+            e = Text.get_window_extent(ann, renderer)  # the text alone, not its leader line
+            bb = Bbox.from_extents(e.x0 - 5, e.y0 - 2, e.x1 + 5, e.y1 + 2)  # a gap between neighbours
+            inside = box.x0 <= bb.x0 and bb.x1 <= box.x1 and box.y0 <= bb.y0 and bb.y1 <= box.y1
+            own = _distance(bb, dots[i])
+            others = [_distance(bb, d) for j, d in enumerate(dots) if j != i]
+            clear = not any(bb.overlaps(t) for t in taken) and all(o > 3.0 for o in others) and \
+                (lined or all(o > own for o in others))
+            if inside and clear:
+                chosen = (ann, bb)
+                break
+            if first is None:
+                first = (ann, bb)  # kept when no offset is free
+            else:
+                ann.remove()
+        if chosen is None:
+            chosen = first
+        elif first is not None:
+            first[0].remove()
+        taken.append(chosen[1])
+
+
+def _distance(bb, point) -> float:
+    """Pixels from a point to a box (0 inside it)."""
+    dx = max(bb.x0 - point[0], 0.0, point[0] - bb.x1)
+    dy = max(bb.y0 - point[1], 0.0, point[1] - bb.y1)
+    return (dx * dx + dy * dy) ** 0.5

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from ..core import data, images, runtime
-from ..core.console import progress
+from ..core.console import progress, shown
 from ..core.errors import EdgetlError
 from ..core.formats import FORMATS
-from ..core.rundir import META_FILE, Run
+from ..core.rundir import MANIFEST_FILE, META_FILE, Run
 
 
 @dataclass
@@ -26,6 +26,7 @@ class Target:
     status: str | None = None  # set when the artifact fails before measuring
     eval_key: str | None = None
     extra: dict = field(default_factory=dict)
+    unlisted: str | None = None  # why the run's manifest does not vouch for this file (checked unless --no-verify)
 
 
 def collect_targets(paths: list[Path], formats: list[str] | None) -> list[Target]:
@@ -56,13 +57,20 @@ def _run_targets(p: Path, formats: list[str] | None, prefix: str) -> list[Target
         if f not in found and entry.get("status") == "failed" and (not formats or f.name in formats):
             out.append(Target(p / f.filename, prefix + f.name, f.name, run=run,
                               status=f"failed at export: {entry.get('reason', 'see manifest.json')}"))
+    has_manifest = (p / MANIFEST_FILE).is_file()
     for f in found:
         if formats and f.name not in formats:
             continue
         t = Target(p / f.filename, prefix + f.name, f.name, run=run)
         st = (manifest.get(f.name) or {}).get("status")
-        if st and st != "ok":
+        if st and st != "ok":  # the file present is not the one export checked
             t.extra["export_status"] = st
+            t.unlisted = (f"{MANIFEST_FILE} records {f.name} as failed at export "
+                          f"({(manifest.get(f.name) or {}).get('reason', 'no reason given')}): this file is not the one "
+                          f"export checked; re-export it with `edgetl export {p} --format {f.name}`")
+        elif f.runtime != "tensorflow" and has_manifest and st is None:
+            t.unlisted = (f"not listed in {MANIFEST_FILE}: not exported into this run (copied in, or left by an "
+                          f"interrupted export); re-export it with `edgetl export {p} --format {f.name}`")
         out.append(t)
     return out
 
@@ -81,12 +89,17 @@ def describe(t: Target, verify: bool = True) -> None:
     sha256 is checked first (the workers then load it unchecked). Errors -> status."""
     if t.status:
         return
+    if verify and t.unlisted:
+        t.status = f"error: {t.path}: {t.unlisted} (or pass --no-verify)"
+        return
     try:
-        fmt, meta = runtime.identify(t.path, verify)
+        fmt, meta, checked = runtime.identify_checked(t.path, verify)
     except EdgetlError as e:
         t.status = f"error: {e}"
         return
     t.fmt, t.meta = fmt.name, meta
+    if checked == "unverified":
+        t.extra["integrity"] = "unverified"
     if t.run is None and fmt.runtime != "tensorflow":
         src = (meta.get("source") or {}).get("run")
         cand = [t.path.parent] + ([Path(src)] if src else [])
@@ -165,6 +178,6 @@ def _decode(items, size, idx, tmp: Path, console, source) -> dict:
     np.save(px, pix)
     np.save(lb, labels)
     for s in skipped:
-        console.print(f"[yellow]skipped[/] {s['file']}: {s['reason']}", highlight=False)
+        console.print(f"[yellow]skipped[/] {shown(s['file'])}: {shown(s['reason'])}", highlight=False)
     return {"source": source, "size": size, "images": int(len(labels)), "skipped": skipped,
             "pixels": str(px), "labels": str(lb)}

@@ -38,7 +38,8 @@ def run_worker(job: dict, python: str | None = None, timeout: float = WORKER_TIM
         env[k] = str(job["threads"])
     try:
         proc = subprocess.run(command or [python or sys.executable, "-m", "edgetl.bench.worker"],
-                              input=json.dumps(job), capture_output=True, text=True, timeout=timeout, env=env)
+                              input=json.dumps(job), capture_output=True, text=True, timeout=timeout, env=env,
+                              preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
     except subprocess.TimeoutExpired:
         return {"status": f"error: timed out after {timeout:.0f} s"}
     for line in reversed(proc.stdout.splitlines()):
@@ -48,6 +49,18 @@ def run_worker(job: dict, python: str | None = None, timeout: float = WORKER_TIM
         return {"status": f"error: worker crashed (signal {-proc.returncode})"}
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
     return {"status": f"error: worker exited {proc.returncode}: {tail}"}
+
+
+def die_with_parent() -> None:
+    """In the worker, before exec: the kernel kills it when the bench that started it dies, even by SIGKILL
+    (Linux prctl PR_SET_PDEATHSIG through ctypes: the standard library has no call for it)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (AttributeError, OSError):
+        pass
 
 
 def peak_rss_mb() -> float:

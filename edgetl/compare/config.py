@@ -12,7 +12,7 @@ import numpy as np
 from ..core import data as datamod
 from ..core.config import opt
 from ..core.errors import EdgetlError
-from ..core.outdir import COMPARE_FILE
+from ..core.outdir import COMPARE_FILE, check_inputs_outside
 from ..model.recipe import Recipe, check_backbone, check_recipe
 
 
@@ -88,6 +88,9 @@ def parse_fractions(text: str) -> list[float]:
 _BUDGET_RE = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(x|s|sec|ep|epochs?|m|min)\s*$")
 
 
+MAX_BUDGET = {"x": 100.0, "s": 86400.0, "ep": 1000.0}  # per limit: a typo's budget would run for days
+
+
 def parse_budget(text: str) -> Budget:
     """'4x' (times the transfer arm's time), '300s' / '5m' (seconds), '30ep' (epochs); combine with commas,
     e.g. '30ep,300s': the scratch arm stops at whichever limit comes first."""
@@ -103,12 +106,15 @@ def parse_budget(text: str) -> Budget:
         v, unit = float(m.group(1)), m.group(2)
         if not v > 0 or math.isinf(v):
             raise EdgetlError(f"--budget {text}: {part.strip()} must be > 0")
-        if unit == "x":
+        kind = "x" if unit == "x" else "s" if unit in ("s", "sec", "m", "min") else "ep"
+        amount = v * 60.0 if unit in ("m", "min") else v
+        if amount > MAX_BUDGET[kind]:
+            raise EdgetlError(f"--budget {text}: {part.strip()} is more than the most accepted "
+                              f"({MAX_BUDGET[kind]:g}{kind}: 100x, 24 h or 1000 epochs)")
+        if kind == "x":
             b.times = v
-        elif unit in ("s", "sec"):
-            b.seconds = v
-        elif unit in ("m", "min"):
-            b.seconds = v * 60.0
+        elif kind == "s":
+            b.seconds = amount
         else:
             b.epochs = v
     return b
@@ -163,6 +169,7 @@ def validate(cfg: CompareConfig) -> Prepared:
     check_recipe(cfg, COMPARE_FILE)
     alpha, size = check_backbone(cfg.alpha, cfg.image_size, cfg.weights)
     split = datamod.scan(cfg.data, cfg.val_split, cfg.seed)
+    check_inputs_outside(cfg.out, cfg.overwrite, split.reached)
     counts = [sum(1 for _, y in split.train if y == c) for c in range(len(split.classes))]
     check_fractions(fractions, counts, split.classes, cfg.fractions)
     return Prepared(cfg, split, alpha, size, fractions, budget)

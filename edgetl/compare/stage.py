@@ -12,10 +12,10 @@ contain the smaller fractions' images), on the same split and seed, three arms:
                       trained on pixels within an explicit budget (epochs and/or wall-clock seconds,
                       by default 4x the fine-tuning arm's wall time at the same fraction)
 
-Images are decoded once and base features computed once for all training (and their views), validation
-and test images; each fraction's feature-extraction arm trains on a subset of the cached features. The
-feature pass's time is attributed to each fraction pro rata (its training views + the validation images),
-so a fraction's feature-extraction time is what a standalone `edgetl train` on those images would spend
+Images are decoded once and base features computed once (model.session, as train does: the base's cached
+TFLite copy) for all training (and their views), validation and test images; each fraction's
+feature-extraction arm trains on a subset of the cached features. The feature pass's time is attributed
+to each fraction pro rata (its training views + the validation images), so a fraction's feature-extraction time is what a standalone `edgetl train` on those images would spend
 on features. Recorded per arm and fraction: val accuracy (what every choice is made on), test accuracy
 when DATA has a test/ split (scored once per arm and fraction, never used to choose), wall time, images
 seen (training presentations: epochs x images), base passes (images pushed through the backbone),
@@ -36,15 +36,16 @@ import numpy as np
 
 from ..core import rundir
 from ..core.console import native_logs_aside, progress
-from ..core.errors import EdgetlError
-from ..core.images import decode_all, feature_views, preprocess, preprocessing_spec, view_pixels
+from ..core.images import preprocess, preprocessing_spec
 from ..core.outdir import COMPARE_FILE, atomic_dir
 from ..model import backbone, basecache
-from ..model.bn import assign_bn_stats, calibrate_random_bn, estimate_bn_stats
+from ..model.bn import assign_bn_stats, estimate_bn_stats
 from ..model.finetune import TopTuner, fine_tune_cut, too_small
-from ..model.fit import fit_head, pixel_batches
+from ..model.fit import pixel_batches
 from ..model.graph import assemble, build_head
-from ..model.predict import evaluate, evaluate_head, predict_pixels, scores
+from ..model.predict import evaluate, evaluate_head, scores
+from ..model.recipe import views_used
+from ..model.session import Session
 from ..model.tfenv import set_seed, tf_and_keras
 from .config import (ARMS, DEFAULT_TARGET_REL, Budget, CompareConfig, Prepared, check_fractions, class_counts,
                      nested_subsets, validate)
@@ -52,27 +53,10 @@ from .report import plot_learning_curve, print_report, results_csv, summary_tabl
 
 
 @dataclass
-class _Session:
-    """What the phases of one `edgetl compare` share."""
+class _Session(Session):
+    """What the phases of one `edgetl compare` share: the learning session (model.session: images, base,
+    features) and the results."""
 
-    cfg: CompareConfig
-    p: Prepared
-    console: object
-    spec: dict
-    timings: dict = field(default_factory=dict)
-    weights: dict = field(default_factory=dict)
-    tr_px: np.ndarray | None = None
-    tr_y: np.ndarray | None = None
-    va_px: np.ndarray | None = None
-    va_y: np.ndarray | None = None
-    te_px: np.ndarray | None = None  # the test split (empty without one)
-    te_y: np.ndarray | None = None
-    skipped: list = field(default_factory=list)
-    base: object = None
-    f_tr: np.ndarray | None = None  # base features of every training image: (1 + augment, N, F), view 0 = itself
-    f_va: np.ndarray | None = None
-    f_te: np.ndarray | None = None
-    feat_seconds: float = 0.0
     results: list = field(default_factory=list)
     bottoms: dict = field(default_factory=dict)  # fine-tuning: the bottom's outputs of val and test, once
 
@@ -81,13 +65,9 @@ class _Session:
         return bool(len(self.te_y))
 
     @property
-    def classes(self) -> list[str]:
-        return list(self.p.split.classes)
-
-    @property
     def per_image(self) -> float:
         """Feature seconds per image (each fraction's feature-extraction arm is charged pro rata)."""
-        return self.feat_seconds / max(1, self.f_tr.shape[0] * len(self.tr_px) + len(self.va_px) + len(self.te_px))
+        return self.feature_seconds / max(1, len(self.f_tr) + len(self.va_px) + len(self.te_px))
 
     def record(self, arm: str, fraction: float, idx, r: dict) -> dict:
         r = {"arm": arm, "fraction": fraction, "n_train": int(len(idx)), **r}
@@ -120,17 +100,13 @@ def compare(cfg: CompareConfig, console=None, prepared: Prepared | None = None) 
 def _compare(cfg: CompareConfig, console, prepared: Prepared | None) -> dict:
     t_start = time.perf_counter()
     p = prepared or validate(cfg)
-    s = _Session(cfg, p, console, preprocessing_spec(p.image_size))
+    s = _Session(cfg, p, console, preprocessing_spec(p.image_size), t_start, t_start,
+                 augment=views_used(cfg.augment, len(p.split.train), cfg.max_train_views))
     s.weights = backbone.resolve_weights(cfg.weights, p.alpha, p.image_size)
-    _decode(s)
-    t = time.perf_counter()
-    _, keras = tf_and_keras()
-    set_seed(cfg.seed)
-    keras.backend.clear_session()
-    set_seed(cfg.seed)
-    s.timings["import_tensorflow"] = round(time.perf_counter() - t, 3)
+    s.mark = time.perf_counter()
+    s.load()  # every image decoded and its base features computed once, for every fraction
+    check_fractions(p.fractions, class_counts(s.tr_y, len(s.classes)), s.classes, cfg.fractions)
     subsets = nested_subsets(s.tr_y, len(s.classes), p.fractions, cfg.seed)
-    _base_features(s)
     base_weights = s.base.get_weights()  # fine-tuning changes the base: restored after every fraction
     for f in p.fractions:
         idx = subsets[f]
@@ -157,49 +133,6 @@ def _compare(cfg: CompareConfig, console, prepared: Prepared | None) -> dict:
     return report
 
 
-def _decode(s: _Session) -> None:
-    """Every image decoded once; every class needs a decodable image in train and val, and every fraction
-    at least one training image per class."""
-    cfg, split, size = s.cfg, s.p.split, s.p.image_size
-    t = time.perf_counter()
-    with progress(s.console) as prog:
-        task = prog.add_task("decode images (once)", total=len(split.train) + len(split.val) + len(split.test))
-        s.tr_px, s.tr_y, _, tr_skip = decode_all(split.train, size, cfg.workers, lambda: prog.advance(task))
-        s.va_px, s.va_y, _, va_skip = decode_all(split.val, size, cfg.workers, lambda: prog.advance(task))
-        s.te_px, s.te_y, _, te_skip = decode_all(split.test, size, cfg.workers, lambda: prog.advance(task))
-    s.skipped = list(split.ignored) + tr_skip + va_skip + te_skip
-    for name, ys in (("train", s.tr_y), ("val", s.va_y)):
-        missing = [c for i, c in enumerate(s.classes) if not (ys == i).any()]
-        if missing:
-            raise EdgetlError(f"DATA {cfg.data}: no decodable {name} images for class(es) {missing}")
-    check_fractions(s.p.fractions, class_counts(s.tr_y, len(s.classes)), s.classes, cfg.fractions)
-    s.timings["decode"] = round(time.perf_counter() - t, 3)
-
-
-def _base_features(s: _Session) -> None:
-    """The pretrained base and the features of every image (and of each training view), once."""
-    cfg = s.cfg
-    t = time.perf_counter()
-    s.base = backbone.build_base(s.p.alpha, s.p.image_size, s.weights["path"])
-    if s.weights["source"] == "random":
-        s.weights["bn_statistics_from_images"] = calibrate_random_bn(s.base, s.tr_px, s.spec, seed=cfg.seed)
-    s.base.trainable = False
-    s.timings["build_base"] = round(time.perf_counter() - t, 3)
-    t = time.perf_counter()
-    px = {"train": s.tr_px, "val": s.va_px, "test": s.te_px}
-    out: dict = {}
-    with progress(s.console) as prog:
-        task = prog.add_task("base features (all images, once)",
-                             total=len(s.tr_px) * (1 + cfg.augment) + len(s.va_px) + len(s.te_px))
-        for which, v in feature_views(cfg.augment):
-            out[which, v] = predict_pixels(s.base, view_pixels(px[which], v, cfg.seed), s.spec, 32,
-                                           progress=lambda n: prog.advance(task, n))
-    s.f_tr = np.stack([out["train", v] for v in range(1 + cfg.augment)])
-    s.f_va, s.f_te = out["val", 0], out["test", 0]
-    s.feat_seconds = time.perf_counter() - t
-    s.timings["features"] = round(s.feat_seconds, 3)
-
-
 def _trainable_params(model) -> int:
     return int(sum(int(np.prod(w.shape)) for w in model.trainable_weights))
 
@@ -209,11 +142,9 @@ def _feature_extraction_arm(s: _Session, f: float, idx) -> tuple[object, dict]:
     cfg = s.cfg
     set_seed(cfg.seed)
     t = time.perf_counter()
-    head = build_head(s.f_tr.shape[2], len(s.classes), cfg.head, cfg.dropout, cfg.seed)
-    views = s.f_tr.shape[0]
-    hist = fit_head(head, (s.f_tr[:, idx].reshape(-1, s.f_tr.shape[2]), np.tile(s.tr_y[idx], views)),
-                    (s.f_va, s.va_y), cfg.epochs, cfg.lr, cfg.batch_size, cfg.patience, cfg.seed, s.console,
-                    desc=f"head ({len(idx)} images)")
+    head = s.new_head()
+    views = 1 + s.augment
+    hist = s.fit_head(head, *s.train_views(idx=idx), desc=f"head ({len(idx)} images)")
     head_seconds = time.perf_counter() - t
     acc, cm = evaluate_head(head, s.f_va, s.va_y)
     feat_share = s.per_image * (views * len(idx) + len(s.va_px))
@@ -349,7 +280,7 @@ def _report(s: _Session, subsets: dict, t_start: float) -> tuple[dict, list[str]
         "fractions": p.fractions, "budget": p.budget.as_dict(),
         "target_accuracy": target, "target_rule": "given (--target)" if cfg.target is not None else
         f"{DEFAULT_TARGET_REL:g} x best val accuracy of any arm, rounded down",
-        "feature_seconds_all_images": round(s.feat_seconds, 3), "feature_seconds_per_image": round(s.per_image, 5),
+        "feature_seconds_all_images": round(s.feature_seconds, 3), "feature_seconds_per_image": round(s.per_image, 5),
         "subsets": {f"{f:g}": [int(i) for i in subsets[f]] for f in p.fractions},
         "results": s.results, "table": summary_table(s.results, arms, target), "skipped": s.skipped,
         "timings": s.timings,

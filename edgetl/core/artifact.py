@@ -140,6 +140,21 @@ def _unsealed_sha256(buf: bytes, at: int) -> str:
     return h.hexdigest()
 
 
+def sealed_intact(buf: bytes) -> bool:
+    """The file carries one seal and its content still hashes to it."""
+    at = _seal_at(buf)
+    return at is not None and _unsealed_sha256(buf, at) == buf[at:at + 64].decode()
+
+
+def embedded_field(buf: bytes, key: str) -> str | None:
+    """A string value of the embedded metadata, found in the file's bytes as json.dumps writes it (no
+    TFLite/ONNX parsing, like the seal); None when the key is absent or appears more than once."""
+    import re
+
+    found = re.findall(rb'"' + re.escape(key.encode()) + rb'": "([^"\\]{0,200})"', buf)
+    return found[0].decode(errors="replace") if len(found) == 1 else None
+
+
 def seal(buf: bytes) -> bytes:
     """Write the file's sha256 over the placeholder its metadata holds (SEAL_KEY: SEAL_PLACEHOLDER)."""
     at = _seal_at(buf)

@@ -25,3 +25,21 @@ def opt(default, help: str = "", *flags: str, metavar: str | None = None, argume
 def as_dict(cfg) -> dict:
     """A config as JSON-ready values (paths as strings)."""
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def check_finite(flag: str, value) -> None:
+    """A float option must be a finite number: nan and inf compare false with every bound."""
+    import math
+
+    from .errors import EdgetlError
+
+    if isinstance(value, float) and not math.isfinite(value):
+        raise EdgetlError(f"{flag} {value}: must be a finite number")
+
+
+def check_floats(cfg) -> None:
+    """Every float field of a command's config is finite (one line naming the flag otherwise)."""
+    for f in dataclasses.fields(cfg):
+        flags = f.metadata.get("flags") or ()
+        flag = next((x for x in flags if x.startswith("--")), "--" + f.name.replace("_", "-"))
+        check_finite(flag.split("/")[0], getattr(cfg, f.name))

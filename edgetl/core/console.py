@@ -65,3 +65,9 @@ def native_logs_aside(console, verbose: bool = False):
             if tail:
                 print("\n".join(["TensorFlow log (last lines):", *tail]), file=sys.stderr)
         log.close()
+
+
+def shown(text) -> str:
+    """A path or message as it can be printed: bytes of a file name that are not UTF-8 (kept by Python as
+    surrogate escapes, which no terminal encoding accepts) become \\xNN."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

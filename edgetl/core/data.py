@@ -33,6 +33,8 @@ class Split:
     ignored: list[dict] = field(default_factory=list)  # files skipped by name (not image suffixes)
     test: list[tuple[str, int]] = field(default_factory=list)  # scored once, at the end; never used to choose
     test_source: str | None = None  # where the test images come from: "test/" (DATA's folder) or "--test DIR"
+    # every folder and image file the scan reached: {real path: path as reached} (--overwrite checks it)
+    reached: dict = field(default_factory=dict)
 
 
 def _entries(folder: Path, what: str) -> list[os.DirEntry]:
@@ -61,16 +63,20 @@ def _class_dirs(folder: Path, ignored: list[dict] | None = None, what: str = "DA
     return out
 
 
-def walk_files(root: Path, ignored: list[dict], hidden: bool = False) -> list[Path]:
+def walk_files(root: Path, ignored: list[dict], hidden: bool = False, reached: dict | None = None) -> list[Path]:
     """Every file under `root`, sorted by path. Symlinked files and folders are followed (each real folder
     once, so a link loop ends); hidden names are left out unless `hidden`; broken symlinks, unreadable
-    sub-folders and special files (FIFOs, sockets) are named in `ignored`. An unreadable `root` is an error."""
+    sub-folders and special files (FIFOs, sockets) are named in `ignored`. An unreadable `root` is an error.
+    `reached` ({real path: path}, shared by a whole scan): a folder reached twice (a link loop, two class
+    folders at one place) or one holding a folder already reached is an error naming both paths."""
     out: list[Path] = []
     seen: set[str] = set()
 
     def visit(folder: Path, top: bool) -> None:
         real = os.path.realpath(folder)
-        if real in seen:
+        if reached is not None:
+            _reach(folder, real, reached)
+        elif real in seen:
             return
         seen.add(real)
         try:
@@ -98,9 +104,23 @@ def walk_files(root: Path, ignored: list[dict], hidden: bool = False) -> list[Pa
     return sorted(out)
 
 
-def _files(class_dir: Path, ignored: list[dict]) -> list[Path]:
+def _reach(folder: Path, real: str, reached: dict) -> None:
+    """Record a folder of a scan; one reached before, or one around a folder reached before, is an error."""
+    twice = reached.get(real)
+    if twice is None:
+        twice = next((shown for r, shown in reached.items() if r.startswith(real.rstrip(os.sep) + os.sep)), None)
+        if twice is not None:
+            raise EdgetlError(f"{folder} (symlinks resolved: {real}) holds {twice}, already read: its images would "
+                              "be read twice, under two labels; remove the symlink")
+        reached[real] = str(folder)
+        return
+    raise EdgetlError(f"{folder} and {twice} are the same folder (symlinks resolved: {real}): its images would "
+                      "be read twice; remove one of the symlinks")
+
+
+def _files(class_dir: Path, ignored: list[dict], reached: dict | None = None) -> list[Path]:
     out = []
-    for p in walk_files(class_dir, ignored):
+    for p in walk_files(class_dir, ignored, reached=reached):
         if p.suffix.lower() in IMAGE_SUFFIXES:
             out.append(p)
         else:
@@ -142,17 +162,35 @@ def scan(data: str | Path, val_split: float = 0.2, seed: int = 0, test: str | Pa
     if not 0.0 < val_split < 1.0:
         raise EdgetlError(f"--val-split {val_split}: must be between 0 and 1 (exclusive)")
     parts = _split_folders(root)
+    # DATA and its split folders count as reached: a class folder's link back up to them is a loop
+    reached = {os.path.realpath(d): str(d) for d in (root, *parts.values())}
+    if test is not None and Path(test).is_dir():
+        reached.setdefault(os.path.realpath(test), str(test))
     if "val" in parts:
-        split = _given_split(root, {"train": parts["train"], "val": parts["val"]})
+        split = _given_split(root, {"train": parts["train"], "val": parts["val"]}, reached)
     else:
-        split = _random_split(parts.get("train", root), val_split, seed)
+        split = _random_split(parts.get("train", root), val_split, seed, reached)
     if "test" in parts:
         if test is not None:
             raise EdgetlError(f"--test {test}: DATA {root} has its own {parts['test'].name}/ folder; give one test set")
         _add_test(split, parts["test"], f"{parts['test'].name}/", f"DATA {root}")
     elif test is not None:
         _add_test(split, Path(test), f"--test {test}", f"--test {test}")
+    _check_files_once(split)
     return split
+
+
+def _check_files_once(split: Split) -> None:
+    """An image file reached under two labels (file symlinks) is an error naming both paths; every file is
+    recorded in `split.reached`."""
+    labels: dict[str, tuple[str, int]] = {}
+    for p, y in split.train + split.val + split.test:
+        real = os.path.realpath(p)
+        first = labels.setdefault(real, (p, y))
+        if first[1] != y:
+            raise EdgetlError(f"{p} and {first[0]} are the same file (symlinks resolved: {real}) in class folders "
+                              f"{split.classes[y]!r} and {split.classes[first[1]]!r}; remove one of them")
+        split.reached.setdefault(real, p)
 
 
 def _add_test(split: Split, folder: Path, source: str, flag: str) -> None:
@@ -163,8 +201,10 @@ def _add_test(split: Split, folder: Path, source: str, flag: str) -> None:
     found = [d.name for d in _class_dirs(folder)]
     if sorted(found) != sorted(split.classes):
         raise EdgetlError(f"{flag}: class folders differ between train {split.classes} and {folder.name}/ {found}")
+    # a test class folder that is a train or val one: walked alone, so that the check below names its images
+    overlap = any(os.path.realpath(folder / c) in split.reached for c in split.classes)
     for i, c in enumerate(split.classes):
-        files = _files(folder / c, split.ignored)
+        files = _files(folder / c, split.ignored, None if overlap else split.reached)
         if not files:
             raise EdgetlError(f"class folder {folder / c} has no images")
         split.test += [(str(p), i) for p in files]
@@ -176,7 +216,7 @@ def _add_test(split: Split, folder: Path, source: str, flag: str) -> None:
     split.test_source = source
 
 
-def _given_split(root: Path, parts: dict[str, Path]) -> Split:
+def _given_split(root: Path, parts: dict[str, Path], reached: dict) -> Split:
     """The split as the folders give it: parts = {"train": dir, "val": dir}, each with the same class
     folders, each class folder holding at least one image."""
     ignored: list[dict] = []
@@ -187,9 +227,9 @@ def _given_split(root: Path, parts: dict[str, Path]) -> Split:
             raise EdgetlError(f"DATA {root}: class folders differ between {parts['train'].name}/ {classes} "
                               f"and {parts[part].name}/ {names}")
     _check_classes(root, classes)
-    split = Split(classes, layout="split", ignored=ignored)
+    split = Split(classes, layout="split", ignored=ignored, reached=reached)
     for i, c in enumerate(classes):
-        files = {part: _files(d / c, split.ignored) for part, d in parts.items()}
+        files = {part: _files(d / c, split.ignored, reached) for part, d in parts.items()}
         for part, fs in files.items():
             if not fs:
                 raise EdgetlError(f"class folder {parts[part] / c} has no images")
@@ -198,16 +238,16 @@ def _given_split(root: Path, parts: dict[str, Path]) -> Split:
     return split
 
 
-def _random_split(root: Path, val_split: float, seed: int) -> Split:
+def _random_split(root: Path, val_split: float, seed: int, reached: dict) -> Split:
     """A folder of class folders split per class (stratified), seeded: round(n * val_split) images of
     each class (at least 1, at most n - 1) go to val."""
     ignored: list[dict] = []
     classes = [d.name for d in _class_dirs(root, ignored)]
     _check_classes(root, classes)
-    split = Split(classes, layout="flat", ignored=ignored)
+    split = Split(classes, layout="flat", ignored=ignored, reached=reached)
     rng = random.Random(seed)
     for i, c in enumerate(classes):
-        files = _files(root / c, split.ignored)
+        files = _files(root / c, split.ignored, reached)
         if not files:
             raise EdgetlError(f"class folder {root / c} has no images")
         if len(files) < 2:
@@ -271,3 +311,31 @@ def seeded_subset(items: list, n: int, seed: int) -> list:
         return list(items)
     rng = random.Random(seed)
     return sorted(rng.sample(items, n))
+
+
+MIN_CLASS_IMAGES = 5  # fewer decodable training images in a class than this: a warning (its scores are noise)
+
+
+def duplicates_across_splits(splits: dict) -> list[dict]:
+    """Images with identical decoded pixels in two different splits ({name: (pixels, paths)}), e.g. one photo
+    copied into train/ and test/ under another name: val/test accuracy would count it as unseen. One entry
+    per such image: {"splits": "train/test", "files": [path, path]}."""
+    import hashlib
+
+    first: dict[bytes, tuple[str, str]] = {}
+    out = []
+    for name, (pixels, paths) in splits.items():
+        for px, path in zip(pixels, paths):
+            key = hashlib.sha256(px.tobytes()).digest()
+            seen = first.setdefault(key, (name, str(path)))
+            if seen[0] != name:
+                out.append({"splits": f"{seen[0]}/{name}", "files": [seen[1], str(path)]})
+    return out
+
+
+def small_classes(labels, classes: list[str], minimum: int = MIN_CLASS_IMAGES) -> dict[str, int]:
+    """{class: training images} of the classes with fewer than `minimum` of them."""
+    counts = {c: 0 for c in classes}
+    for y in labels:
+        counts[classes[int(y)]] += 1
+    return {c: n for c, n in counts.items() if n < minimum}

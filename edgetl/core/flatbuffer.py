@@ -173,3 +173,22 @@ def compact_tflite(model: bytes) -> bytes:
         return model  # constants stored after the flatbuffer (>2 GB layout): repacking would move them
     compact_tflite_model(m)
     return pack_tflite(m, len(model) + 4096)
+
+
+def op_list(tfl: bytes) -> list[tuple[str, str]]:
+    """(kind, name) of every op of subgraph 0, in order; an op's name is its first output tensor's."""
+    m = load_model(tfl)
+    names = op_names()
+    sg = m.subgraphs[0]
+    out = []
+    for op in sg.operators or []:
+        code = m.operatorCodes[op.opcodeIndex]
+        kind = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?")
+        out.append((kind, sg.tensors[op.outputs[0]].name.decode()))
+    return out
+
+
+def short_name(name: str) -> str:
+    """'edgetl_mobilenetv2/block_1_expand_relu/Relu6;...' -> 'block_1_expand_relu'."""
+    first = name.split(";")[0].split("/")
+    return first[1] if len(first) > 1 else first[0]

@@ -26,6 +26,7 @@ from .errors import EdgetlError
 
 META_FILE = "edgetl.json"
 MANIFEST_FILE = "manifest.json"
+MANIFEST_LOCK = ".manifest.lock"  # export's manifest updates and train's replacement of a run take it
 LABELS_FILE = "labels.txt"
 MODEL_FILE = "model.keras"
 PAUSE_ENV = "EDGETL_PAUSE_AT"
@@ -146,6 +147,8 @@ class Run:
         self.path = Path(path)
         if not self.path.exists():
             raise EdgetlError(f"RUN {self.path}: no such folder")
+        st = self.path.stat()
+        self.identity = (st.st_dev, st.st_ino)  # the folder this Run read: a swapped-in new run differs
         meta_path = self.path / META_FILE
         if not self.path.is_dir() or not meta_path.is_file():
             raise EdgetlError(f"RUN {self.path}: not an edgetl run (no {META_FILE}); create one with `edgetl train`")
@@ -159,6 +162,14 @@ class Run:
             if k not in self.meta:
                 raise EdgetlError(f"RUN {self.path}: {META_FILE} lacks {k!r}; re-run `edgetl train`")
         self._check_types()
+
+    def replaced(self) -> bool:
+        """Whether RUN's path now names another folder than the one read (a train --overwrite swapped one in)."""
+        try:
+            st = self.path.stat()
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != self.identity
 
     def _check_types(self) -> None:
         """The fields every stage relies on have the types edgetl writes (an edited file fails here, in one line)."""
@@ -218,16 +229,41 @@ class Run:
 
     @property
     def manifest(self) -> dict:
+        """manifest.json; entries that are not objects are left out (export rebuilds them)."""
         p = self.path / MANIFEST_FILE
         if not p.exists():
             return {"artifacts": {}}
         try:
             m = json.loads(p.read_text())
+        except OSError as e:
+            raise EdgetlError(f"RUN {self.path}: cannot read {MANIFEST_FILE} ({e.strerror}); fix its permissions") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
             m = None
         if not isinstance(m, dict) or not isinstance(m.get("artifacts"), dict):
             raise EdgetlError(f"RUN {self.path}: {MANIFEST_FILE} is corrupt; re-run `edgetl export {self.path}`")
+        m["artifacts"] = {n: a for n, a in m["artifacts"].items() if isinstance(a, dict)}
         return m
+
+    def check_labels(self) -> None:
+        """The class names must match the split lists: each recorded image's label names a class whose
+        folder name is on its path (checked where the paths name any class at all: symlinked class folders
+        may resolve elsewhere). Swapped or renamed names are one line, before they mislabel every file."""
+        classes = self.classes
+        split = self.meta.get("split") or {}
+        for which in ("train", "val", "test"):
+            items = [(str(p), y) for p, y in (split.get(which) or []) if isinstance(y, int)]
+            wrong = []  # (label, the class whose folders hold its images)
+            for i, c in enumerate(classes):
+                parts = [set(Path(p).parts) for p, y in items if y == i]
+                other = {o: sum(o in ps for ps in parts) for o in classes if o != c}
+                worst = max(other, key=other.get, default=None)
+                if parts and not any(c in ps for ps in parts) and worst is not None and other[worst] > 0:
+                    wrong.append((i, worst))
+            if len(wrong) >= 2:  # names moved between labels; one alone may be a class folder linked elsewhere
+                i, worst = wrong[0]
+                raise EdgetlError(f"RUN {self.path}: {META_FILE} names label {i} {classes[i]!r}, but its {which} "
+                                  f"images lie in {worst}/ folders (e.g. {next(p for p, y in items if y == i)}); "
+                                  f"restore the class order of {LABELS_FILE} or re-run `edgetl train`")
 
     def write_meta(self) -> None:
         write_json(self.path / META_FILE, self.meta)

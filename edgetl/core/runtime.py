@@ -32,13 +32,16 @@ class RuntimeSkipped(EdgetlError):
     """The artifact cannot run in this environment (e.g. Keras model without TensorFlow)."""
 
 
+MAX_THREADS = 256  # runtimes' thread pools: more is a typo, not a machine
+
+
 def check_threads(threads, flag: str = "--threads") -> int:
     try:
         t = int(threads)
     except (TypeError, ValueError):
         raise EdgetlError(f"{flag} {threads!r}: must be a whole number >= 1") from None
-    if t <= 0:
-        raise EdgetlError(f"{flag} {threads}: must be >= 1")
+    if not 1 <= t <= MAX_THREADS:
+        raise EdgetlError(f"{flag} {threads}: must be from 1 to {MAX_THREADS}")
     return t
 
 
@@ -54,6 +57,8 @@ class Runner:
     preprocessing, quantization): `load()` reads it from the file; callers that pass bytes and only use
     `outputs()` / `io()` on preprocessed inputs need none.
     """
+
+    integrity: str | None = None  # how load() checked the file (identify_checked)
 
     def __init__(self, model: Path | bytes, fmt: Format, meta: dict | None = None, threads: int = 1):
         self.source, self.format, self.meta, self.threads = model, fmt, dict(meta or {}), threads
@@ -298,11 +303,19 @@ def keras_meta(run_path: Path) -> dict:
 def identify(path: str | Path, verify: bool = False) -> tuple[Format, dict]:
     """(registry format, embedded metadata) of an artifact file; clear error for anything else. verify:
     the file's integrity is checked first (check_integrity)."""
+    fmt, meta, _ = identify_checked(path, verify)
+    return fmt, meta
+
+
+def identify_checked(path: str | Path, verify: bool = False) -> tuple[Format, dict, str | None]:
+    """identify, plus how the file was checked: "manifest", "embedded", "unverified" (no valid seal and no
+    manifest entry: named as such in predict's and bench's output) or None (not checked). With `verify`, a
+    file beside a run that it was not made from (another model.keras or other labels) is refused."""
     p = Path(path)
     if p.suffix == ".keras" or p.name == FORMATS["keras"].filename:
         if not p.is_file():
             raise EdgetlError(f"{p}: no such model file")
-        return FORMATS["keras"], keras_meta(p.parent)
+        return FORMATS["keras"], keras_meta(p.parent), None
     checked = check_integrity(p) if verify else None
     meta = artifact.read_meta(p)
     if checked == "unverified" and artifact.SEAL_KEY in meta:  # damage in the seal's own key
@@ -320,7 +333,43 @@ def identify(path: str | Path, verify: bool = False) -> tuple[Format, dict]:
             fmt = None
         if fmt is None or fmt.suffix != suffix:  # e.g. an ONNX file named .tflite
             fmt = FORMATS["tflite-fp32" if suffix == ".tflite" else "onnx-fp32"]
-    return fmt, meta
+    if verify:
+        check_belongs(p, meta)
+    return fmt, meta, checked
+
+
+def check_belongs(p: Path, meta: dict) -> None:
+    """A file inside a run folder must come from that run: the model.keras it names (embedded model_sha256)
+    and its labels. Files copied away from their run are not checked here (their seal is)."""
+    from .rundir import LABELS_FILE, META_FILE, MODEL_FILE, Run, sha256_file
+
+    folder = p.parent
+    if not ((folder / META_FILE).is_file() and (folder / MODEL_FILE).is_file()):
+        return
+    fix = f"re-export it with `edgetl export {folder}` (or pass --no-verify)"
+    made_from = (meta.get("source") or {}).get("model_sha256")
+    if made_from and made_from != _sha_cached(folder / MODEL_FILE, sha256_file):
+        raise EdgetlError(f"{p}: made from another {MODEL_FILE} than the one beside it (another run, or a model "
+                          f"replaced since); {fix}")
+    try:
+        classes = Run(folder).classes
+    except EdgetlError:
+        return
+    if list(meta.get("classes") or []) != classes:
+        raise EdgetlError(f"{p}: its labels {list(meta.get('classes') or [])} differ from the run's {classes} "
+                          f"({META_FILE}, {LABELS_FILE}); {fix}")
+
+
+_SHA_CACHE: dict = {}
+
+
+def _sha_cached(path: Path, sha) -> str:
+    """sha256 of a file, once per (path, size, mtime) in this process (bench checks several files of one run)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = sha(path)
+    return _SHA_CACHE[key]
 
 
 def check_integrity(path: str | Path) -> str:
@@ -340,7 +389,7 @@ def load(path: str | Path, threads: int = 1, allow_keras: bool = True, verify: b
     if amx is not None:
         amx_control.check_mode(amx)
     p = Path(path)
-    fmt, meta = identify(p, verify)
+    fmt, meta, checked = identify_checked(p, verify)
     if fmt.runtime == "tensorflow":
         if not allow_keras:
             raise EdgetlError(f"{p}: a Keras model; give an exported .tflite or .onnx file "
@@ -350,6 +399,7 @@ def load(path: str | Path, threads: int = 1, allow_keras: bool = True, verify: b
     info = amx_control.control(amx, p) if amx is not None and fmt.runtime != "tensorflow" else {}
     runner = fmt.runner_class()(p, fmt, meta, threads)
     runner.amx = info
+    runner.integrity = checked
     return runner
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from ..core.artifact import (SEAL_KEY, SEAL_PLACEHOLDER, embed_onnx, embed_tflite, read_onnx_meta_from_session,
                               read_tflite_meta, seal)
 from ..core.errors import ArtifactCheckError
-from ..core.flatbuffer import compact_tflite
+from ..core.flatbuffer import compact_tflite, short_name
 from ..core.formats import Format
 from ..core.runtime import INT8_WEIGHTS
 from .context import ExportContext
@@ -37,10 +37,11 @@ def artifact_meta(ctx: ExportContext, fmt: Format, io: dict, weights_quant: dict
         "preprocessing": dict(ctx.spec),
         "quantization": quant,
         **({"weights_quantization": weights_quant} if weights_quant else {}),
+        **({"float_ops": [short_name(n) for n in ctx.float_ops]} if fmt.precision == "int8" and ctx.float_ops else {}),
         **({"int8_weights": INT8_WEIGHTS} if fmt.suffix == ".onnx" and fmt.precision == "int8" else {}),
         "macs": int(ctx.macs),
         "source": {"run": str(ctx.run.path.resolve()), "alpha": ctx.run.meta.get("alpha"),
-                   "image_size": ctx.size, "weights_sha256": w.get("sha256"),
+                   "image_size": ctx.size, "weights_sha256": w.get("sha256"), "model_sha256": ctx.model_sha256,
                    "qat": ctx.from_qat(fmt.precision)},
     }
 

@@ -67,17 +67,18 @@ def fp32_bytes(ctx: ExportContext, fmt: Format, results: dict) -> int:
 
 def ranked_layers(ctx: ExportContext) -> list:
     """The candidate layers, cheapest first; one ranking for both families (layer indices are the same)."""
-    if "budget-layers" not in ctx.cache:
+    key = ("budget-layers", ctx.float_ops)
+    if key not in ctx.cache:
         model = tflite_int8_bytes(ctx, "float32")
         cands = candidates(model)
         try:
             x = ctx.calibration_inputs()[:BUDGET_RANK_IMAGES]
         except EdgetlError:  # a QAT run whose training images are gone: rank by weight error alone
-            ctx.cache["budget-layers"] = by_weight_error(cands)
+            ctx.cache[key] = by_weight_error(cands)
         else:
             fmt = FORMATS["tflite-int8"]
-            ctx.cache["budget-layers"] = rank(model, cands, lambda m, xs: fmt.runner_class()(m, fmt).outputs(xs), x)
-    return ctx.cache["budget-layers"]
+            ctx.cache[key] = rank(model, cands, lambda m, xs: fmt.runner_class()(m, fmt).outputs(xs), x)
+    return ctx.cache[key]
 
 
 def fit_size_budget(ctx: ExportContext, fmt: Format, blob: bytes, meta: dict, par: dict, percent: float,

@@ -7,7 +7,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.config import REQUIRED, opt
+from ..core.config import REQUIRED, check_finite, opt
 from ..core.data import CALIBRATION_IMAGES
 from ..core.errors import EdgetlError
 from ..core.formats import EXPORT_FORMATS, FORMATS, INT8_EXPORTS, parse_formats
@@ -42,6 +42,7 @@ def check_run(run_path: str | Path) -> Run:
         raise EdgetlError(f"RUN {run.path}: {model_path.name} is corrupt (not a Keras archive); re-run `edgetl train`")
     if not os.access(run.path, os.W_OK | os.X_OK):
         raise EdgetlError(f"RUN {run.path}: cannot write in it (permission denied); export a copy of the run")
+    run.check_labels()
     return run
 
 
@@ -54,6 +55,8 @@ def check_inputs(run_path, fmt_spec: str | None, int8: bool, calib: int, max_dro
     """Everything the user can get wrong, checked before TensorFlow is imported: the options first, then
     the run. Returns (run, formats, calibration items, validation items)."""
     fmts = parse_formats(fmt_spec, int8)
+    for flag, v in (("--size-budget", size_budget), ("--max-drop", max_drop)):
+        check_finite(flag, v)
     if not 0 <= size_budget <= 100:
         raise EdgetlError(f"--size-budget {size_budget:g}: must be a percentage of the fp32 file size, "
                           "from 0 (off) to 100")

@@ -12,7 +12,7 @@ from ..core.console import progress as progress_bar
 from ..core.data import seeded_subset
 from ..core.errors import EdgetlError
 from ..core.images import decode_all, preprocess
-from ..core.rundir import META_FILE, MODEL_FILE, Run
+from ..core.rundir import META_FILE, MODEL_FILE, Run, sha256_file
 from ..model.graph import count_macs
 from ..model.load import load_int8_model, load_run_model, strip_quantization
 from ..model.predict import predict
@@ -38,6 +38,8 @@ class ExportContext:
     skipped_val: list = field(default_factory=list)  # validation files that could not be decoded
     qat_graph: bool = False  # model.keras is a fake-quant graph (Run.qat_graph): int8 from its ranges
     int8_file: str = MODEL_FILE  # the Keras file `model` was loaded from
+    float_ops: tuple = ()  # ops int8 files keep in float (export.control sets it per rung)
+    model_sha256: str = ""  # sha256 of the run's model.keras as loaded: every file and the manifest name it
     _calib_x: np.ndarray | None = None
     cache: dict = field(default_factory=dict)
 
@@ -51,6 +53,13 @@ class ExportContext:
                                   "for int8 calibration")
             self._calib_x = preprocess(pix, self.spec)
         return self._calib_x
+
+    @property
+    def calib_used(self) -> int:
+        """Calibration images actually used: those decoded, or (before decoding) those on offer."""
+        if self._calib_x is not None:
+            return int(len(self._calib_x))
+        return min(self.calib_n, len(self.calib_items))
 
     def from_qat(self, precision: str) -> bool:
         """Whether a file of this precision comes from quantization-aware training."""
@@ -99,6 +108,7 @@ def build_context(run: Run, calib_items: list, val_items: list, calib_n: int, se
     size, spec = run.image_size, run.preprocessing
     source, int8_path = run.int8_source()
     t = bar.add_task("load model", total=1)
+    model_sha256 = sha256_file(run.model_path)
     model = load_model(run)
     check_model(run, model)
     float_model = strip_quantization(model) if run.qat_graph else model
@@ -119,4 +129,4 @@ def build_context(run: Run, calib_items: list, val_items: list, calib_n: int, se
                          classes=run.classes, val_x=val_x, val_y=y, keras_probs=kp, macs=count_macs(float_model),
                          qat=source == "qat", calib_items=calib_items, calib_n=calib_n,
                          seed=int(seed if seed is not None else run.meta.get("seed", 0) or 0), skipped_val=skipped,
-                         qat_graph=run.qat_graph, int8_file=int8_path.name)
+                         qat_graph=run.qat_graph, int8_file=int8_path.name, model_sha256=model_sha256)

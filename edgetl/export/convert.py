@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.formats import Format
-from ..model.convert import INPUT_NAME, OUTPUT_NAME, int8_tflite, serving_fn
+from ..model.convert import INPUT_NAME, OUTPUT_NAME, calibrated_tflite, quantize_calibrated, serving_fn
 from ..model.tfenv import tf_and_keras, tflite_converter
 from .context import ExportContext
 from .onnx_int8 import bounded_pairs, unsigned_activations
@@ -39,12 +39,13 @@ def tflite_int8_bytes(ctx: ExportContext, io: str = "int8") -> bytes:
     The int8 source model (the float model, or the QAT model when `train --qat` chose it) is calibrated on
     a seeded sample of training images (model.convert.int8_tflite, the conversion `train --qat` scores).
     A fake-quant graph (ctx.qat_graph) carries its learned ranges and the converter uses those.
+    The ops named in ctx.float_ops (export.control's choice) stay in float.
     """
-    key = f"tflite-int8-{io}"
+    key = ("tflite-int8", io, ctx.float_ops)
     if key in ctx.cache:
         return ctx.cache[key]
     if not ctx.qat_graph:
-        out = int8_tflite(ctx.model, ctx.size, ctx.calibration_inputs(), io)
+        out = quantize_calibrated(calibrated(ctx), io, ctx.float_ops)
     else:
         tf, conv = _tflite_converter(ctx, quantized=True)
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -54,6 +55,14 @@ def tflite_int8_bytes(ctx: ExportContext, io: str = "int8") -> bytes:
         out = bytes(conv.convert())
     ctx.cache[key] = out
     return out
+
+
+def calibrated(ctx: ExportContext) -> bytes:
+    """The int8 source model's float TFLite file with its calibrated activation ranges, made once per
+    export (model.convert.calibrated_tflite)."""
+    if "int8-calibrated" not in ctx.cache:
+        ctx.cache["int8-calibrated"] = calibrated_tflite(ctx.model, ctx.size, ctx.calibration_inputs())
+    return ctx.cache["int8-calibrated"]
 
 
 def tflite_int8(ctx: ExportContext, fmt: Format) -> bytes:
@@ -120,8 +129,9 @@ def onnx_from_tflite(tfl: bytes, fmt: Format) -> bytes:
 
 
 def converted(ctx: ExportContext, fmt: Format) -> bytes:
-    """fmt's converter output (the registry row's converter), made once per export (the size budget's
-    fp32 reference reuses it)."""
-    if fmt.name not in ctx.cache:
-        ctx.cache[fmt.name] = fmt.convert(ctx)
-    return ctx.cache[fmt.name]
+    """fmt's converter output (the registry row's converter), made once per export and set of float ops
+    (the size budget's fp32 reference reuses it)."""
+    key = (fmt.name, ctx.float_ops if fmt.precision == "int8" else ())
+    if key not in ctx.cache:
+        ctx.cache[key] = fmt.convert(ctx)
+    return ctx.cache[key]

@@ -19,13 +19,14 @@ from ..core.console import native_logs_aside, progress
 from ..core.errors import ArtifactCheckError, EdgetlError, describe
 from ..core.formats import FORMATS, FP32_OF, Format
 from ..core.rundir import MANIFEST_FILE, META_FILE
+from . import control as control_mod
 from . import manifest as manifest_file
 from .artifacts import compact_checked, embed
 from .budget import fit_size_budget
 from .config import ExportConfig, check_inputs
 from .context import ExportContext, build_context
-from .convert import converted
-from .parity import parity
+from .convert import converted, tflite_int8_bytes
+from .parity import drop_message, parity
 
 
 def export_run(run_path, formats: str | None = None, int8: bool = False, calib: int = ExportConfig.calib,
@@ -55,7 +56,7 @@ def export_run(run_path, formats: str | None = None, int8: bool = False, calib: 
     source = {}
     if int8:
         source["int8_source"] = {"source": "qat" if ctx.qat else "ptq", "model": ctx.int8_file,
-                                 "calibration_images": None if ctx.qat_graph else calib}
+                                 "calibration_images": None if ctx.qat_graph else ctx.calib_used}
     manifest = manifest_file.finish(run, skipped_val=ctx.skipped_val, missing_val=missing_val,
                                     checked_on=cpu.features(), seconds=round(time.perf_counter() - t_start, 1),
                                     **source)
@@ -89,7 +90,7 @@ def _export_all(ctx: ExportContext, fmts: list[Format], bar, max_drop, size_budg
         bar.update(task, description=f"export {fmt.name}")
         t0 = time.perf_counter()
         try:
-            blob, meta, par, budget = make_artifact(
+            blob, meta, par, budget, control = make_artifact(
                 ctx, fmt, max_drop, size_budget, results,
                 on_budget=lambda: bar.update(task, description=f"export {fmt.name} (size budget)"))
         except Exception as e:  # a check failure, or a converter crash: one line, never a traceback
@@ -100,7 +101,8 @@ def _export_all(ctx: ExportContext, fmts: list[Format], bar, max_drop, size_budg
                 raise ArtifactCheckError(shown) from None
         else:
             entry = {"status": "ok", "parity": par, "seconds": round(time.perf_counter() - t0, 2),
-                     "input_dtype": meta["input"]["dtype"], **({"size_budget": budget} if budget is not None else {})}
+                     "input_dtype": meta["input"]["dtype"], **({"size_budget": budget} if budget is not None else {}),
+                     **({"int8_control": control} if control is not None else {})}
             results[fmt.name] = manifest_file.put_file(ctx.run, fmt.name, blob, entry)
         bar.advance(task)
     return results, failures
@@ -108,21 +110,77 @@ def _export_all(ctx: ExportContext, fmts: list[Format], bar, max_drop, size_budg
 
 def make_artifact(ctx: ExportContext, fmt: Format, max_drop: float | None, size_budget: float, results: dict,
                   on_budget=None):
-    """One format's file, checked and not yet written: (bytes, metadata, parity, size-budget info or None).
-    Raises on a failed check. A failure of the size-budget step keeps the checked per-channel file."""
-    raw = converted(ctx, fmt)
-    blob, meta = embed(ctx, fmt, compact_checked(ctx, fmt, raw))
-    par = parity(ctx, fmt, blob, max_drop)
+    """One format's file, checked and not yet written: (bytes, metadata, parity, size-budget info or None,
+    int8 accuracy-control record or None). Raises on a failed check. int8 files come from the accuracy
+    control's ladder (export.control); a failure of the size-budget step keeps the checked per-channel file."""
+    control = None
+    if fmt.precision == "int8" and not ctx.qat_graph:
+        blob, meta, par, control = _controlled(ctx, fmt, max_drop)
+    else:
+        blob, meta = embed(ctx, fmt, compact_checked(ctx, fmt, converted(ctx, fmt)))
+        par = parity(ctx, fmt, blob, max_drop)
     budget = None
     if fmt.precision == "int8" and size_budget:
         if on_budget is not None:
             on_budget()
         try:
-            blob, meta, par, budget = fit_size_budget(ctx, fmt, blob, meta, par, size_budget, max_drop, results)
+            small = fit_size_budget(ctx, fmt, blob, meta, par, size_budget, max_drop, results)
+            blob, meta, par, budget = _keep_control(ctx, control, (blob, meta, par), small)
         except Exception as e:  # the per-channel file is checked and good: keep it, say why
             budget = {"percent": size_budget, "met": False, "per_tensor_layers": [],
                       "reason": f"the size-budget step failed ({describe(e)})"}
-    return blob, meta, par, budget
+    return blob, meta, par, budget, control
+
+
+def _controlled(ctx: ExportContext, fmt: Format, max_drop: float | None):
+    """The int8 file of the first rung of the accuracy-control ladder that passes (export.control), its
+    metadata, parity and the ladder's record; ArtifactCheckError when no rung passes --max-drop."""
+    made: dict = {}
+
+    def quantize(ops):
+        ctx.float_ops = tuple(ops)
+        return tflite_int8_bytes(ctx, "float32")
+
+    def check(ops):
+        ctx.float_ops = tuple(ops)
+        blob, meta = embed(ctx, fmt, compact_checked(ctx, fmt, converted(ctx, fmt)))
+        made[ops] = (blob, meta, parity(ctx, fmt, blob, max_drop, check=False))
+        return made[ops][2]
+
+    chosen, record = control_mod.run_ladder(ctx, quantize, check)
+    if chosen is None:
+        ctx.float_ops = ()
+        first = made.get(())
+        why = drop_message(fmt, first[2]) if first else f"{fmt.name}: {record['rungs'][0].get('error')}"
+        raise ArtifactCheckError(f"{why}; no rung of the accuracy control passed (up to "
+                                 f"{max(len(r['float_ops']) for r in record['rungs'])} ops in float): try "
+                                 "`edgetl train --qat`, more training images, or a higher --max-drop")
+    ctx.float_ops = chosen.float_ops
+    blob, meta, par = made[chosen.float_ops]
+    if chosen.float_ops:
+        plain = made.get(())
+        record["bytes_added"] = len(blob) - len(plain[0]) if plain else None
+        record["latency_ratio"] = control_mod.latency_ratio(fmt, plain[0], blob) if plain else None
+    return blob, meta, par, record
+
+
+def _keep_control(ctx: ExportContext, control: dict | None, per_channel: tuple, small: tuple) -> tuple:
+    """The size budget's file, unless it gives up the accuracy control's estimated agreement (more than
+    control.BUDGET_SLACK below the chosen rung's, where that rung is under the target): then the
+    per-channel file with the budget marked not met."""
+    blob, meta, par, budget = small
+    if control is None or not budget or not budget.get("per_tensor_layers"):
+        return small
+    est = control_mod.budget_estimate(ctx, [L["layer"] for L in budget["per_tensor_layers"]])
+    chosen = next(r for r in control["rungs"] if r["float_ops"] == control["float_ops"])
+    floor = min(control_mod.TARGET_AGREEMENT, chosen["estimated_agreement"] or 0.0) - control_mod.BUDGET_SLACK
+    budget["estimated_agreement"] = round(est, 4)
+    if est >= floor:
+        return small
+    budget.update(met=False, per_tensor_layers=[],
+                  reason=f"per-tensor scales lower the estimated agreement to {100 * est:.1f}% "
+                         f"(at least {100 * floor:.1f}% needed)")
+    return (*per_channel, budget)
 
 
 def _failure(fmt: Format, e: Exception) -> tuple[str, str]:
@@ -162,11 +220,35 @@ def _print_table(console, ctx: ExportContext, results: dict) -> None:
         tab.add_row(name, _mb(r["bytes"]), f"{100 * r['bytes'] / ref:.1f}%" if ref else "-",
                     f"{100 * p['accuracy']:.1f}%", *([f"{100 * p['test_accuracy']:.1f}%"] if test else []),
                     f"{100 * p['agreement']:.1f}%", f"{p['max_abs_diff']:.2g}", "[green]ok[/]")
+        if r.get("int8_control"):
+            notes += _control_note(name, r["int8_control"])
         if b:
             notes += _budget_note(name, b)
     console.print(tab)
     for n in notes:
         console.print(n, highlight=False, soft_wrap=True)
+
+
+def _control_note(name: str, c: dict) -> list[str]:
+    """What the accuracy control kept in float, what it cost and whether the target was met."""
+    chosen = next((r for r in c["rungs"] if r["float_ops"] == c["float_ops"]), None)
+    if chosen is None:
+        return []
+    est = chosen.get("estimated_agreement")
+    said = f"estimated agreement with the model on unseen images {100 * est:.1f}%" if est is not None else ""
+    if not c["float_ops"]:
+        return [] if c["result"] == "target met" else [f"{name}: accuracy-control target missed ({said}); "
+                                                        "no op kept in float helped"]
+    k = len(c["float_ops"])
+    cost = []
+    if c.get("bytes_added") is not None:
+        cost.append(f"{c['bytes_added'] / 1e3:+.1f} kB")
+    if c.get("latency_ratio") is not None:
+        cost.append(f"latency x{c['latency_ratio']:.2f}")
+    missed = "" if c["result"] == "target met" else \
+        f" (target {100 * c['target']['estimated_agreement']:.0f}% missed)"
+    return [f"{name}: {k} op{'s' if k > 1 else ''} kept in float ({', '.join(c['float_ops'])}): {said}{missed}"
+            + (f", {', '.join(cost)}" if cost else "")]
 
 
 def _budget_note(name: str, b: dict) -> list[str]:

@@ -49,10 +49,10 @@ LOOKAHEAD = 2  # batches each producer thread may run ahead of training
 
 
 def fine_tune_cut(value) -> tuple[str, int] | None:
-    """--fine-tune's value as (cut layer, layers above it), or None for 'off' (or 0). LAYERS is rounded to
-    the nearest block boundary (ties: fewer layers)."""
+    """--fine-tune's value as (cut layer, layers above it), or None for 'off' (0 layers is an error: it would
+    silently mean off). LAYERS is rounded to the nearest block boundary (ties: fewer layers)."""
     text = str(value).strip().lower()
-    if text in ("off", "0"):
+    if text == "off":
         return None
     if text == "on":
         return DEFAULT_CUT

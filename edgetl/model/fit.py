@@ -10,8 +10,8 @@ from ..core.images import augment_image, preprocess
 from .tfenv import tf_and_keras
 
 
-def fit_head(head_model, train_xy, val_xy, epochs: int = 30, lr: float = 1e-3, batch_size: int = 32,
-             patience: int = 5, seed: int = 0, console=None, desc: str = "head") -> dict:
+def fit_head(head_model, train_xy, val_xy, epochs: int, lr: float, batch_size: int, patience: int, seed: int,
+             console=None, desc: str = "head") -> dict:
     """Train the head on cached features: Adam(lr), mean sparse cross-entropy, batches of `batch_size`
     reshuffled (seeded) every epoch, dropout on; early stopping on val loss (`patience` epochs without
     improvement), the best epoch's weights restored at the end.
@@ -20,6 +20,7 @@ def fit_head(head_model, train_xy, val_xy, epochs: int = 30, lr: float = 1e-3, b
     hundred cached feature vectors an epoch is ~1 ms of arithmetic, and fit's per-epoch machinery
     (iterator, callbacks, logs, its validation pass) cost ~35 ms, i.e. most of the head phase. One
     traced function runs a whole epoch; validation is one direct call of the head on the val features.
+    The settings have no defaults here: they are the recipe's (model.recipe.Recipe), given by the caller.
     """
     tf, keras = tf_and_keras()
     x, y = np.asarray(train_xy[0], np.float32), np.asarray(train_xy[1], np.int64)

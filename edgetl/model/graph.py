@@ -14,8 +14,9 @@ HEADS = ("linear", "dense128")
 HEAD_PREFIX = "head_"
 
 
-def build_head(n_features: int, n_classes: int, head: str = "linear", dropout: float = 0.2, seed: int = 0):
-    """Head model on base features: Dropout + Dense softmax (or Dropout, Dense(128, relu), Dense softmax)."""
+def build_head(n_features: int, n_classes: int, head: str, dropout: float, seed: int):
+    """Head model on base features: Dropout + Dense softmax (or Dropout, Dense(128, relu), Dense softmax).
+    head, dropout and seed are the recipe's (model.recipe.Recipe), given by the caller."""
     _, keras = tf_and_keras()
     init = keras.initializers.GlorotUniform(seed=seed)
     layers = [keras.layers.Dropout(dropout, seed=seed, name=HEAD_PREFIX + "dropout")]
@@ -121,9 +122,10 @@ def cut_layer(model, name: str | None = None) -> str:
     return name
 
 
-def top_model(model, cut: str):
+def top_model(model, cut: str, logits: bool = False):
     """The layers of `model` after layer `cut` as a model of their own (input: the cut's output): new
-    layers with the same configs and weights, so training it leaves `model` unchanged."""
+    layers with the same configs and weights, so training it leaves `model` unchanged. logits: the last
+    layer without its activation (softmax), so the top returns logits."""
     _, keras = tf_and_keras()
     names = [layer.name for layer in model.layers]
     start = names.index(cut)
@@ -133,7 +135,10 @@ def top_model(model, cut: str):
         if any(name not in tensors for name in inbound[layer.name]):
             raise EdgetlError(f"model {model.name}: layer {layer.name!r} reads from below the cut {cut!r}")
         args = [tensors[name] for name in inbound[layer.name]]
-        new = layer.__class__.from_config(layer.get_config())
+        config = layer.get_config()
+        if logits and layer is model.layers[-1] and "activation" in config:
+            config["activation"] = "linear"
+        new = layer.__class__.from_config(config)
         tensors[layer.name] = new(args if len(args) > 1 else args[0])
         new.set_weights(layer.get_weights())
     return keras.Model(tensors[cut], tensors[model.layers[-1].name], name=f"{model.name}_top")

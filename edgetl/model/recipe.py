@@ -21,6 +21,10 @@ DEFAULT_SIZE = 224
 MAX_SEED = 2**32 - 1  # numpy's and Python's seeding accept any such integer, TensorFlow's too
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 MAX_AUGMENT = 32
+# Augmented views pay on small sets and cost feature time on large ones (docs/benchmarks.md: on 1,930 training
+# images 0, 1 and 2 views score within one val image of each other, and 2 views take 2.7x the feature work);
+# 2,400 keeps both bundled sets' 2 views (hymenoptera 245 images, flowers12 720).
+MAX_TRAIN_VIEWS = 2400
 
 
 @dataclass
@@ -42,6 +46,8 @@ class Recipe:
                               "softmax)")
     patience: int = opt(10, "Early-stopping patience (epochs without val-loss improvement)")
     augment: int = opt(2, "N extra augmented views per training image for the head (flip/crop/brightness), cached")
+    max_train_views: int = opt(MAX_TRAIN_VIEWS, "Augmented views are used while training images x (1 + views) stay "
+                                                "within this many; larger sets use fewer (0: no limit)")
     fine_tune: str = opt("off", f"Fine-tune the top of the base after the head: 'on' (the top {DEFAULT_CUT[1]} "
                                 f"layers, blocks 13-16), LAYERS (the top LAYERS of the base's {BASE_LAYERS}, "
                                 "rounded to a block boundary) or 'off'", metavar="on|LAYERS|off")
@@ -54,6 +60,7 @@ class Recipe:
     overwrite: bool = opt(False, "Replace an existing --out folder that edgetl wrote (or an empty one)", "--overwrite")
     verbose: bool = opt(False, "Show TensorFlow's native log lines on stderr", "--verbose")
     workers: int = opt(2, "Image decoding threads", cli=False)
+    feature_batch: int = opt(32, "Images per base-feature batch (TensorFlow path)", cli=False)
 
     def as_dict(self) -> dict:
         return as_dict(self)
@@ -72,7 +79,7 @@ def check_recipe(r: Recipe, marker: str = META_FILE) -> None:
         raise EdgetlError(f"--head {r.head}: accepted values are {', '.join(HEADS)}")
     for flag, v, lo in (("--epochs", r.epochs, 1), ("--batch-size", r.batch_size, 1), ("--patience", r.patience, 1),
                         ("--fine-tune-epochs", r.fine_tune_epochs, 1), ("--augment", r.augment, 0),
-                        ("--workers", r.workers, 1)):
+                        ("--workers", r.workers, 1), ("--max-train-views", r.max_train_views, 0)):
         check_int(flag, v, lo)
     if r.augment > MAX_AUGMENT:
         raise EdgetlError(f"--augment {r.augment}: at most {MAX_AUGMENT} extra views per image")
@@ -86,7 +93,17 @@ def check_recipe(r: Recipe, marker: str = META_FILE) -> None:
         raise EdgetlError(f"--val-split {r.val_split}: must be between 0 and 1 (exclusive)")
     if isinstance(r.seed, bool) or int(r.seed) != r.seed or not 0 <= r.seed <= MAX_SEED:
         raise EdgetlError(f"--seed {r.seed}: must be an integer from 0 to {MAX_SEED}")
-    check_out(r.out, r.overwrite, marker, {"DATA": r.data, "--from": getattr(r, "from_run", None)})
+    weights = r.weights if r.weights not in ("imagenet", "random") else None
+    check_out(r.out, r.overwrite, marker, {"DATA": r.data, "--test": getattr(r, "test", None),
+                                           "--from": getattr(r, "from_run", None), "--weights": weights})
+
+
+def views_used(augment: int, n_train: int, max_train_views: int) -> int:
+    """The augmented views per training image actually used: `augment`, fewer when n_train x (1 + views)
+    would exceed max_train_views (0: no limit)."""
+    if not max_train_views or n_train <= 0:
+        return augment
+    return max(0, min(augment, max_train_views // n_train - 1))
 
 
 def check_int(flag: str, v, lo: int) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..core import data as datamod
 from ..core.config import opt
 from ..core.errors import EdgetlError
+from ..core.outdir import check_inputs_outside
 from ..core.rundir import Run
 from ..model.recipe import Recipe, check_backbone, check_int, check_recipe
 
@@ -28,7 +29,6 @@ class TrainConfig(Recipe):
     adapt_bn: bool = opt(False, "Re-estimate the base's BatchNorm statistics on DATA", "--adapt-bn")
     base_cache: bool = opt(True, "Compute base features with the backbone's TFLite copy, made once and cached in "
                                  "$EDGETL_CACHE_DIR (default ~/.cache/edgetl)", "--base-cache/--no-base-cache")
-    feature_batch: int = opt(32, "Images per base-feature batch", cli=False)
 
 
 @dataclass
@@ -63,6 +63,7 @@ def validate(cfg: TrainConfig) -> Prepared:
     else:
         alpha, size = check_backbone(alpha, size, cfg.weights)
     split = datamod.scan(cfg.data, cfg.val_split, cfg.seed, cfg.test)
+    check_inputs_outside(cfg.out, cfg.overwrite, split.reached)
     if from_meta is not None and list(split.classes) != list(from_meta["classes"]):
         raise EdgetlError(f"--from {cfg.from_run}: class names differ: DATA has {split.classes}, "
                           f"the run has {list(from_meta['classes'])}")

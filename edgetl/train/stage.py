@@ -9,7 +9,7 @@ split (DATA's test/ folder, or --test DIR) is scored once, at the end, and never
 
 Where the time goes (hymenoptera, alpha 0.35, 224 px, 2 cores, ~5.4 s in all): the main thread
 imports TensorFlow (~2.4 s) and builds the Keras base (~1.1 s) while a thread pool decodes the images
-and computes their base features with the backbone's cached TFLite copy (train.features); the head
+and computes their base features with the backbone's cached TFLite copy (model.session); the head
 trains on the cached features (~0.6 s); the run is written (~0.5 s) while a helper process draws the
 PNGs (core.plots.PlotProcess). The seed recipe instead recomputes the base for every image in every epoch.
 """
@@ -23,57 +23,30 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core import data as datamod
 from ..core import images, rundir
-from ..core.console import native_logs_aside, progress
-from ..core.errors import EdgetlError
+from ..core.console import native_logs_aside, shown
 from ..core.outdir import atomic_dir
-from ..core.images import feature_views, view_pixels
 from ..core.plots import PlotProcess
 from ..model import backbone, basecache
-from ..model.bn import calibrate_random_bn
 from ..model.finetune import TopTuner, fine_tune_cut, too_small
-from ..model.fit import fit_head
-from ..model.graph import assemble, build_head, split_model
+from ..model.graph import assemble, split_model
 from ..model.load import load_run_model
-from ..model.predict import evaluate, evaluate_head, predict, predict_pixels, scores
-from ..model.tfenv import set_seed, tf_and_keras
+from ..model.predict import evaluate, evaluate_head, predict, scores
+from ..model.recipe import views_used
+from ..model.session import Session, fresh_keras
 from .adapt import adapt_bn, adapt_info as adapt_info_of, source_pixels
 from .config import Prepared, TrainConfig, TrainResult, validate
-from .features import FeaturePipeline, TFLiteFailed
 from .qat import qat_phase
 from .summary import print_summary
 
 
 @dataclass
-class _Session:
-    """What the phases of one `edgetl train` share: inputs, the model as it grows, and what gets recorded."""
+class _Session(Session):
+    """What the phases of one `edgetl train` share: the learning session (model.session: inputs, images, base,
+    features), the model as it grows, and what gets recorded."""
 
-    cfg: TrainConfig
-    p: Prepared
-    console: object
-    spec: dict
-    start: float
-    mark: float
-    timings: dict = field(default_factory=dict)
-    weights: dict = field(default_factory=lambda: {"source": "run", "path": None, "sha256": None})
-    features: dict = field(default_factory=lambda: {"engine": "tensorflow", "base_cache": None})
-    # decoded images: pixels, labels, paths of train, val and test; files skipped
-    tr_px: np.ndarray | None = None
-    tr_y: np.ndarray | None = None
-    tr_paths: list = field(default_factory=list)
-    va_px: np.ndarray | None = None
-    va_y: np.ndarray | None = None
-    va_paths: list = field(default_factory=list)
-    te_px: np.ndarray | None = None
-    te_y: np.ndarray | None = None
-    te_paths: list = field(default_factory=list)
-    skipped: list = field(default_factory=list)
-    # base features of the training views, of the val and of the test images (None until computed)
-    f_tr: np.ndarray | None = None
-    f_va: np.ndarray | None = None
-    f_te: np.ndarray | None = None
     tuner: TopTuner | None = None  # the fine-tuned top, when fine-tuning was kept
-    base: object = None
     head_model: object = None
     model: object = None
     acc: float = float("nan")
@@ -84,16 +57,29 @@ class _Session:
     adapt: dict | None = None
     qat_info: dict | None = None
     qat_model: object = None
+    data_warnings: dict = field(default_factory=dict)
 
-    def lap(self, name: str) -> None:
-        """Record the time since the last lap as timings[name]."""
-        now = time.perf_counter()
-        self.timings[name] = round(now - self.mark, 3)
-        self.mark = now
+    def take_decoded(self, decoded) -> None:
+        super().take_decoded(decoded)
+        _warn_data(self)
 
-    @property
-    def views(self) -> str:
-        return "+".join(["orig"] + ([f"{self.cfg.augment} aug"] if self.cfg.augment else []))
+    def build_base(self) -> None:
+        """The frozen base and the head model (None: a new head), --from info and the weights record: a new
+        MobileNetV2, or the --from run's model split into base and head (evaluated on the new data first)."""
+        cfg, p = self.cfg, self.p
+        if p.from_meta is None:
+            return super().build_base()
+        fresh_keras(cfg.seed)
+        model = load_run_model(cfg.from_run)
+        self.base, self.head_model = split_model(model)
+        acc0, cm0 = evaluate(model, self.va_px, self.va_y, self.spec, cfg.feature_batch)
+        self.from_info = {"run": str(Path(cfg.from_run).resolve()), "classes": list(p.from_meta["classes"]),
+                          "val_accuracy_before": acc0, "confusion_matrix_before": cm0,
+                          "source_val_accuracy": p.from_meta.get("metrics", {}).get("val_accuracy")}
+        self.weights = dict(p.from_meta.get("weights") or self.weights)
+        self.console.print(f"--from {cfg.from_run}: val accuracy on the new data before any update: "
+                           f"[bold]{acc0:.3f}[/]")
+        self.base.trainable = False
 
 
 def train(cfg: TrainConfig, console=None, prepared: Prepared | None = None) -> TrainResult:
@@ -108,20 +94,25 @@ def train(cfg: TrainConfig, console=None, prepared: Prepared | None = None) -> T
 def _train(cfg: TrainConfig, console, prepared: Prepared | None, cleanup: contextlib.ExitStack) -> TrainResult:
     t0 = time.perf_counter()
     p = prepared or validate(cfg)
-    s = _Session(cfg, p, console, images.preprocessing_spec(p.image_size), t0, t0)
+    s = _Session(cfg, p, console, images.preprocessing_spec(p.image_size), t0, t0,
+                 use_base_cache=cfg.base_cache and p.from_meta is None and not cfg.adapt_bn,  # else: TF features
+                 augment=views_used(cfg.augment, len(p.split.train), cfg.max_train_views))
+    if s.augment < cfg.augment:
+        console.print(f"--augment {cfg.augment}: {s.augment} augmented view(s) per image used ({len(p.split.train)} "
+                      f"training images; --max-train-views {cfg.max_train_views})", highlight=False)
     s.lap("validate")
     if p.from_meta is None:  # mirror / Keras cache / local file: instant; a download fails before any work
         s.weights = backbone.resolve_weights(cfg.weights, p.alpha, p.image_size)
     s.lap("weights")
-    _decode_and_features(s)
+    s.decode_and_features()
     if s.base is None:  # --from runs evaluate with their own progress bar: after the decoding one
-        _base_model(s)
+        s.build_base()
         s.lap("build_model")
     if cfg.adapt_bn:
         _adapt(s)
         s.lap("adapt_bn")
     if s.f_tr is None:  # --from / --adapt-bn / random weights / --no-base-cache / the TFLite base failed
-        _tensorflow_features(s)
+        s.tensorflow_features()
     s.lap("features")
     plotter = PlotProcess()  # imports matplotlib on the other core while the head trains
     cleanup.callback(plotter.close)
@@ -142,102 +133,23 @@ def _train(cfg: TrainConfig, console, prepared: Prepared | None, cleanup: contex
     return TrainResult(out, meta, s.timings)
 
 
-def _decode_and_features(s: _Session) -> None:
-    """Decode every image and, with the backbone's cached TFLite copy, compute every base feature.
-
-    The main thread imports TensorFlow (~3 s of one core; it must be the main thread: tf_keras keeps
-    thread-local state set at import time, e.g. the .keras saving format) and builds the Keras base, while
-    the pipeline's thread decodes the images and, when the copy is cached, computes the features with it:
-    both cores busy, neither oversubscribed. Without a cached copy the main thread makes one (~1 s) after
-    building the base; the features then run on both cores.
-    """
-    cfg, p, split = s.cfg, s.p, s.p.split
-    key = None
-    if cfg.base_cache and p.from_meta is None and not cfg.adapt_bn:  # those change the base: TF features
-        key = basecache.base_cache_key(s.weights, p.alpha, p.image_size)
-    cached = None
-    if key is not None:
-        cached, why = basecache.read_base_cache(key)
-        s.features = {"engine": "tflite", "base_cache": str(basecache.base_cache_path(key)),
-                      "base_cache_status": "hit" if cached else why}
-    n_tr, n_eval = len(split.train), len(split.val) + len(split.test)
-    with progress(s.console) as prog:
-        t_dec = prog.add_task("decode images", total=n_tr + n_eval)
-        t_feat = prog.add_task(f"base features ({s.views})", total=n_tr * (1 + cfg.augment) + n_eval,
-                               visible=key is not None)
-        with FeaturePipeline(split.train + split.val + split.test, n_tr, p.image_size, s.spec, cfg.augment,
-                             cfg.seed, cfg.workers, cached, on_decoded=lambda: prog.advance(t_dec),
-                             on_features=lambda n: prog.advance(t_feat, n), n_val=len(split.val)) as pipe:
-            tf_and_keras()
-            s.lap("import_tensorflow")
-            if key is not None:  # build while the pipeline finishes decoding and features (no bar of its own)
-                _base_model(s)
-                s.lap("build_model")
-            _take_decoded(s, pipe.decoded())  # this thread decodes what is left
-            prog.update(t_feat, total=len(s.tr_px) * (1 + cfg.augment) + len(s.va_px) + len(s.te_px))
-            s.lap("decode")  # decoding left by then (the rest ran during the import)
-            if key is not None and cached is None:  # first run on this backbone: cache its base
-                pipe.start_features(_cache_base(s, key))
-                s.lap("base_cache")
-            if pipe.started():
-                _tflite_features(s, pipe)
-
-
-def _take_decoded(s: _Session, decoded) -> None:
-    """Keep the decoded images; every class needs a decodable image in train and in val."""
-    (s.tr_px, s.tr_y, s.tr_paths, tr_skip), (s.va_px, s.va_y, s.va_paths, va_skip), \
-        (s.te_px, s.te_y, s.te_paths, te_skip) = decoded
-    s.skipped = list(s.p.split.ignored) + tr_skip + va_skip + te_skip
-    for name, ys in (("train", s.tr_y), ("val", s.va_y)):
-        missing = [c for i, c in enumerate(s.p.split.classes) if not (ys == i).any()]
-        if missing:
-            raise EdgetlError(f"DATA {s.cfg.data}: no decodable {name} images for class(es) {missing} "
-                              f"({len(s.skipped)} file(s) skipped: "
-                              f"{', '.join(Path(f['file']).name for f in s.skipped[:5])})")
-
-
-def _cache_base(s: _Session, key: dict) -> bytes | None:
-    """Convert the frozen Keras base to TFLite, check it and cache it; None when it cannot be used."""
-    made, why = basecache.write_base_cache(s.base, key, images.preprocess(s.tr_px[:4], s.spec))
-    s.features["base_cache_status"] = why or "created"
-    if made is None:
-        s.features["engine"] = "tensorflow"
-        s.console.print(f"[yellow]note[/]: base features through TensorFlow ({why})")
-    return made
-
-
-def _tflite_features(s: _Session, pipe: FeaturePipeline) -> None:
-    """The pipeline's features (this thread computes its share); on a TFLite failure, a note and none."""
-    try:
-        s.f_tr, s.f_va, s.f_te = pipe.features()
-        s.features["thread_seconds"] = round(pipe.seconds, 3)
-    except TFLiteFailed as e:
-        s.features.update(engine="tensorflow", base_cache_status=f"failed: {e}")
-        s.console.print(f"[yellow]note[/]: cached TFLite base failed ({e}); base features through TensorFlow")
-
-
-def _base_model(s: _Session) -> None:
-    """The frozen base and the head model (None: a new head), --from info and the weights record: a new
-    MobileNetV2, or the --from run's model split into base and head (evaluated on the new data first)."""
-    cfg, p = s.cfg, s.p
-    _, keras = tf_and_keras()
-    set_seed(cfg.seed)
-    keras.backend.clear_session()
-    set_seed(cfg.seed)
-    if p.from_meta is not None:
-        model = load_run_model(cfg.from_run)
-        s.base, s.head_model = split_model(model)
-        acc0, cm0 = evaluate(model, s.va_px, s.va_y, s.spec, cfg.feature_batch)
-        s.from_info = {"run": str(Path(cfg.from_run).resolve()), "classes": list(p.from_meta["classes"]),
-                       "val_accuracy_before": acc0, "confusion_matrix_before": cm0,
-                       "source_val_accuracy": p.from_meta.get("metrics", {}).get("val_accuracy")}
-        s.weights = dict(p.from_meta.get("weights") or s.weights)
-        s.console.print(f"--from {cfg.from_run}: val accuracy on the new data before any update: [bold]{acc0:.3f}[/]")
-    else:
-        s.base = backbone.build_base(p.alpha, p.image_size, s.weights["path"])
-        if s.weights["source"] == "random":
-            s.weights["bn_statistics_from_images"] = calibrate_random_bn(s.base, s.tr_px, s.spec, seed=cfg.seed)
-    s.base.trainable = False
+def _warn_data(s: _Session) -> None:
+    """Warnings that do not stop training, printed and kept in edgetl.json: the same image in two splits
+    (identical decoded pixels), and classes with very few training images."""
+    dups = datamod.duplicates_across_splits({"train": (s.tr_px, s.tr_paths), "val": (s.va_px, s.va_paths),
+                                             "test": (s.te_px, s.te_paths)})
+    small = datamod.small_classes(s.tr_y, s.p.split.classes)
+    s.data_warnings = {"duplicates_across_splits": dups, "small_classes": small}
+    if dups:
+        d = dups[0]
+        s.console.print(f"[yellow]warning[/]: {len(dups)} image(s) appear in two splits with identical pixels "
+                        f"(e.g. {shown(d['files'][0])} and {shown(d['files'][1])}, {d['splits']}): the later "
+                        "split's accuracy counts them as unseen; all listed in edgetl.json "
+                        "(data_warnings)", highlight=False, soft_wrap=True)
+    if small:
+        s.console.print(f"[yellow]warning[/]: class(es) with fewer than {datamod.MIN_CLASS_IMAGES} training images: "
+                        + ", ".join(f"{c!r} ({n})" for c, n in small.items())
+                        + "; the model cannot learn them reliably: add images", highlight=False, soft_wrap=True)
 
 
 def _adapt(s: _Session) -> None:
@@ -257,32 +169,11 @@ def _adapt(s: _Session) -> None:
                         f"{s.from_info['val_accuracy_before']:.3f} -> [bold]{acc:.3f}[/]")
 
 
-def _tensorflow_features(s: _Session) -> None:
-    """Base features of every view through the Keras base (the same order as the TFLite pipeline's)."""
-    cfg = s.cfg
-    px = {"train": s.tr_px, "val": s.va_px, "test": s.te_px}
-    out: dict = {which: [] for which in px}
-    with progress(s.console) as prog:
-        task = prog.add_task(f"base features ({s.views})",
-                             total=len(s.tr_px) * (1 + cfg.augment) + len(s.va_px) + len(s.te_px))
-        for which, v in feature_views(cfg.augment):
-            step = 256 if v else max(len(px[which]), 1)  # augmented views in chunks: bounded memory
-            for st in range(0, len(px[which]), step):
-                out[which].append(predict_pixels(s.base, view_pixels(px[which][st:st + step], v, cfg.seed, st),
-                                                 s.spec, cfg.feature_batch,
-                                                 progress=lambda n: prog.advance(task, n)))
-    s.f_tr, s.f_va = np.concatenate(out["train"]), np.concatenate(out["val"])
-    s.f_te = np.concatenate(out["test"]) if out["test"] else np.zeros((0, s.f_tr.shape[1]), np.float32)
-
-
 def _head(s: _Session) -> None:
     """Train the head on the cached features (a new one, or the --from run's) and assemble the model."""
-    cfg = s.cfg
     if s.head_model is None:
-        s.head_model = build_head(s.f_tr.shape[1], len(s.p.split.classes), cfg.head, cfg.dropout, cfg.seed)
-    y_tr_all = np.tile(s.tr_y, 1 + cfg.augment)
-    s.history["head"] = fit_head(s.head_model, (s.f_tr, y_tr_all), (s.f_va, s.va_y), cfg.epochs, cfg.lr,
-                                 cfg.batch_size, cfg.patience, cfg.seed, s.console)
+        s.head_model = s.new_head()
+    s.history["head"] = s.fit_head(s.head_model, *s.train_views())
     s.acc, s.cm = evaluate_head(s.head_model, s.f_va, s.va_y)
     s.metrics["head"] = {"val_accuracy": s.acc, "confusion_matrix": s.cm,
                          "best_epoch": s.history["head"]["best_epoch"]}
@@ -355,6 +246,7 @@ def _meta(s: _Session) -> dict:
     cfg, split, size = s.cfg, s.p.split, s.p.image_size
     s.metrics.update({"val_accuracy": s.acc, "confusion_matrix": s.cm, "n_train": int(len(s.tr_px)),
                       "n_val": int(len(s.va_px)), "n_test": int(len(s.te_px)), "n_train_views": int(len(s.f_tr)),
+                      "augment_views": s.augment,
                       "n_skipped": len(s.skipped)})
     return {
         "edgetl_version": rundir.edgetl_version(),
@@ -375,6 +267,7 @@ def _meta(s: _Session) -> dict:
                   "test": [[str(Path(pth).resolve()), int(y)] for pth, y in zip(s.te_paths, s.te_y)],
                   "test_source": split.test_source},
         "skipped": s.skipped,
+        "data_warnings": s.data_warnings,
         "history": s.history,
         "metrics": s.metrics,
         "timings": s.timings,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core import rundir
+from ..core.console import shown
 
 
 def accuracy_rows(meta: dict) -> list[tuple[str, str]]:
@@ -52,7 +53,7 @@ def print_summary(console, out: Path, meta: dict) -> None:
         tab.add_row(f"time {k}", f"{v:.1f} s")
     console.print(tab)
     for f in meta["skipped"][:10]:
-        console.print(f"  skipped {f['file']}: {f['reason']}", highlight=False, soft_wrap=True)
+        console.print(f"  skipped {shown(f['file'])}: {shown(f['reason'])}", highlight=False, soft_wrap=True)
     if len(meta["skipped"]) > 10:
         console.print(f"  ... {len(meta['skipped']) - 10} more in {out / rundir.META_FILE}")
     console.print(f"next: [bold]edgetl export {out} --int8[/]", highlight=False, soft_wrap=True)

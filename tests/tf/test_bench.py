@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 import factory
+from edgetl.bench import devices
 from edgetl.bench.stage import bench
 from edgetl.cli import app
 from edgetl.core import cpu, runtime
@@ -165,11 +167,31 @@ def test_data_folder_with_unreadable_image_is_counted(tiny_exported, tmp_path):
 
 def test_device_profile_is_applied_and_recorded(tiny_exported, tmp_path):
     res = bench([tiny_exported], device="rpi4", threads="1", out=tmp_path, **QUICK)
-    assert res["device"] == "rpi4" and res["profile"]["name"] == "rpi4"
+    assert res["profile"]["name"] == "rpi4"
     assert [r["format"] for r in res["rows"]] == [f for f in FORMATS if f in res["profile"]["formats"]]
     assert "keras" not in [r["format"] for r in res["rows"]]  # the Pi profile's formats: no Keras
-    assert res["peak"]["fp32_gflops_per_core"] == 24.0 and res["settings"]["formats"] == res["profile"]["formats"]
+    assert res["settings"]["formats"] == res["profile"]["formats"]
     assert all(ref["source"].startswith("http") for ref in res["profile"]["reference"])
+
+
+def test_rows_measured_here_are_this_machines(tiny_exported, tmp_path):
+    """--device rpi4 on this machine: the rows, their % of peak and the file name are this machine's, and
+    the profile's thread counts above its cores are not run."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_exported, run)
+    res = bench([run], device="rpi4", formats="tflite-fp32", **QUICK)
+    host = res["host"]
+    assert res["device"] == devices.host_slug(host) and res["peak"] == host["peak"]
+    assert res["measured_on"] == {"place": "here", "cpu": host["cpu"], "cores": os.cpu_count(),
+                                  "arch": host["arch"], "remote": None}
+    expected = [n for n in (1, 4) if n <= os.cpu_count()]
+    assert [r["threads"] for r in res["rows"]] == expected
+    assert all(r["measured_on"] == "here" for r in res["rows"])
+    assert Path(res["files"]["json"]).name.startswith(devices.host_slug(host) + "-20")
+    for r in res["rows"]:
+        pk = host["peak"].get("fp32_gmacs_per_core")
+        if pk:
+            assert r["pct_of_fp32_peak"] == pytest.approx(100 * r["gmacs_per_s"] / (pk * r["threads"]))
 
 
 @pytest.mark.parametrize("case", ["class-mismatch", "no-artifacts"])
@@ -199,3 +221,32 @@ def test_run_copied_without_its_images_benches_without_accuracy(tiny_exported, t
     row = res["rows"][0]
     assert row["status"] == "ok" and row.get("accuracy") is None and row["latency_ms"]["p50"] > 0
     assert "pass --data DIR" in row["accuracy_note"] and res["eval_sets"] == []
+
+
+def test_bench_png_reads_at_a_glance(tmp_path):
+    """Plain millisecond ticks with a 1-2-5 tick at each end, one colour per format, one marker per place,
+    and labels that overlap neither each other, nor a point, nor the title (many rows at one accuracy)."""
+    from matplotlib.text import Text
+
+    from edgetl.bench.report import bench_figure
+
+    rows = [{"name": f, "format": f, "threads": n, "status": "ok", "latency_ms": {"p50": ms / n ** 0.7},
+             "accuracy": acc, "measured_on": place}
+            for n in (1, 2) for f, ms, acc, place in
+            (("keras", 13.2, .902, "here"), ("tflite-fp32", 2.73, .902, "here"), ("tflite-fp16", 2.85, .902, "here"),
+             ("tflite-int8", 4.06, .908, "remote"), ("onnx-fp32", 3.67, .902, "here"), ("onnx-int8", 6.34, .902, "here"))]
+    fig = bench_figure({"device": "x86_64-test", "rows": rows, "measured_on": {"cpu": "Test CPU", "cores": 2}})
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks == ["1", "2", "5", "10", "20"]
+    colours = {r["format"]: c.get_facecolor()[0].tolist() for r, c in zip(rows, ax.collections)}
+    assert len({tuple(c) for c in colours.values()}) == 6
+    markers = {h.get_label(): h.get_marker() for h in ax.get_legend().legend_handles if hasattr(h, "get_marker")}
+    assert markers["this machine"] != markers["remote"]
+    labels = [Text.get_window_extent(t, renderer) for t in ax.texts]
+    assert len(labels) == len(rows)
+    title = ax.title.get_window_extent(renderer)
+    for i, a in enumerate(labels):
+        assert not a.overlaps(title)
+        assert not any(a.overlaps(b) for b in labels[i + 1:]), [t.get_text() for t in ax.texts]

@@ -37,7 +37,7 @@ def test_compare_end_to_end_tiny(tiny_run, tmp_path):
     s5, s10 = set(rep["subsets"]["0.5"]), set(rep["subsets"]["1"])
     assert s5 < s10 and len(s10) == 16
     assert rep["weights"]["bn_statistics_from_images"] == 16 and list(rep["timings"]) == [
-        "decode", "import_tensorflow", "build_base", "features", "total"]
+        "import_tensorflow", "decode", "build_model", "features", "total"]
     assert (rep["n_test"], rep["test_source"]) == (6, "test/")
     for x in res:
         assert 0.0 <= x["val_accuracy"] <= 1.0 and x["seconds"] > 0 and x["images_seen"] > 0

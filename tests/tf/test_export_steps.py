@@ -259,7 +259,18 @@ def test_per_tensor_requantization_is_exact_to_half_a_step(raw):
 
 
 # ---------------------------------------------------------------------------------------------- size budget
-def test_size_budget_gives_the_fewest_layers_per_tensor_scales(ctx, monkeypatch):
+@pytest.fixture
+def plain_int8(monkeypatch):
+    """The accuracy control takes the plain int8 file whenever it passes --max-drop (budget tests look at
+    the per-channel file the converter makes, not at the control's choice)."""
+    from edgetl.export import control
+
+    monkeypatch.setattr(control, "TARGET_AGREEMENT", 0.0)
+    monkeypatch.setattr(control, "VAL_AGREEMENT", 0.0)
+    monkeypatch.setattr(control, "NOISE_CUT", 0.0)
+
+
+def test_size_budget_gives_the_fewest_layers_per_tensor_scales(ctx, monkeypatch, plain_int8):
     """A budget just below the per-channel file: the fewest layers get per-tensor scales; the file fits,
     passes the same parity check, and says so in its metadata and in the export's notes."""
     from edgetl.export import budget
@@ -270,7 +281,7 @@ def test_size_budget_gives_the_fewest_layers_per_tensor_scales(ctx, monkeypatch)
     full = len(make_artifact(ctx, fmt, 100.0, 0, {})[0])
     fp32 = budget.fp32_bytes(ctx, fmt, {})
     pct = 100 * (full - 2000) / fp32
-    blob, meta, par, b = make_artifact(ctx, fmt, 100.0, pct, {})
+    blob, meta, par, b, _ = make_artifact(ctx, fmt, 100.0, pct, {})
     assert b["met"] and b["fp32_bytes"] == fp32 and b["per_channel_bytes"] == full
     assert len(blob) <= b["limit_bytes"] == int(fp32 * pct / 100) < full
     k = len(b["per_tensor_layers"])
@@ -285,7 +296,7 @@ def test_size_budget_gives_the_fewest_layers_per_tensor_scales(ctx, monkeypatch)
     assert k == 1 or len(budget.embed(ctx, fmt, budget.compact(fmt, fewer))[0]) > b["limit_bytes"]
 
 
-def test_size_budget_off_or_not_met_keeps_the_per_channel_file(ctx, monkeypatch):
+def test_size_budget_off_or_not_met_keeps_the_per_channel_file(ctx, monkeypatch, plain_int8):
     """--size-budget 0 keeps the converter's per-channel file untouched. A budget no layer choice
     reaches, a smaller file that loses accuracy, or a failing budget step: the per-channel file stays
     and the budget entry says why."""
@@ -293,7 +304,7 @@ def test_size_budget_off_or_not_met_keeps_the_per_channel_file(ctx, monkeypatch)
     from edgetl.export.stage import make_artifact
 
     fmt = FORMATS["tflite-int8"]
-    blob, meta, par, info = make_artifact(ctx, fmt, 100.0, 0, {})
+    blob, meta, par, info, _ = make_artifact(ctx, fmt, 100.0, 0, {})
     assert info is None and "weights_quantization" not in meta
     fp32 = budget.fp32_bytes(ctx, fmt, {})  # made on the side: tflite-fp32 is not among the results
     assert fp32 > len(blob)
@@ -313,7 +324,7 @@ def test_size_budget_off_or_not_met_keeps_the_per_channel_file(ctx, monkeypatch)
         raise ValueError("simulated failure")
 
     monkeypatch.setattr(budget, "per_tensor", broken)  # a bug in the budget step: the checked file still ships
-    blob2, _, _, b = make_artifact(ctx, fmt, 100.0, 1.0, {})
+    blob2, _, _, b, _ = make_artifact(ctx, fmt, 100.0, 1.0, {})
     assert blob2 == blob and b["met"] is False
     assert "size-budget step failed (ValueError: simulated failure)" in b["reason"]
 
@@ -340,6 +351,122 @@ def test_int8_drop_failure_names_the_numbers_and_the_registry_default(ctx, tiny_
     assert "drop 100.0 points > --max-drop 0;" in str(e.value)
     with pytest.raises(ArtifactCheckError, match=f"--max-drop {fmt.tolerance:g};"):
         parity(perfect, fmt, blob)
+
+
+# ---------------------------------------------------------------------------------------------- accuracy control
+def test_quantizing_the_calibrated_file_is_the_converters_int8_file(ctx):
+    """One calibration, quantized with no op in float, gives the file the converter makes in one call
+    (same size, bit-identical outputs), so the control's plain rung is the post-training file."""
+    from edgetl.export.convert import calibrated
+    from edgetl.model.convert import int8_tflite, quantize_calibrated
+
+    x = ctx.val_x
+    for io, name in (("int8", "tflite-int8"), ("float32", "tflite-fp32")):
+        a = int8_tflite(ctx.model, ctx.size, ctx.calibration_inputs(), io)
+        b = quantize_calibrated(calibrated(ctx), io)
+        assert len(a) == len(b) and np.array_equal(run_file(a, name, x), run_file(b, name, x))
+
+
+def test_ops_kept_in_float_are_float_in_the_file(ctx):
+    """The ranked ops kept in float run in float (float32 weights, a DEQUANTIZE before them); every other
+    conv keeps int8 weights."""
+    from edgetl.core import flatbuffer
+    from edgetl.export import control
+    from edgetl.export.convert import calibrated
+    from edgetl.model.convert import quantize_calibrated
+
+    body = [n for k, n in flatbuffer.op_list(calibrated(ctx)) if k in ("CONV_2D", "DEPTHWISE_CONV_2D")][:2]
+    tfl = quantize_calibrated(calibrated(ctx), "int8", body)
+    m = flatbuffer.load_model(tfl)
+    sg, kinds = m.subgraphs[0], flatbuffer.op_names()
+    types = flatbuffer.schema().TensorType
+    weight_types = {}
+    for op in sg.operators:
+        code = m.operatorCodes[op.opcodeIndex]
+        if kinds[max(code.builtinCode, code.deprecatedBuiltinCode)] in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            weight_types[sg.tensors[op.outputs[0]].name.decode()] = sg.tensors[op.inputs[1]].type
+    assert [weight_types[n] for n in body] == [types.FLOAT32] * 2
+    assert sum(t == types.INT8 for t in weight_types.values()) == len(weight_types) - 2
+    assert "DEQUANTIZE" in [k for k, _ in flatbuffer.op_list(tfl)]
+    assert control.short_name(body[0]) == body[0].split(";")[0].split("/")[1]
+
+
+def _rung(ops, ok=True, agreement=1.0, estimate=1.0, cut=0.0):
+    from edgetl.export.control import Rung
+
+    return Rung(tuple(ops), list(ops), parity={"ok": ok, "agreement": agreement, "accuracy": 0.9,
+                                                "drop_points": 0.0}, estimate=estimate, cut=cut)
+
+
+def test_the_control_ships_the_first_rung_that_meets_the_target_else_the_least_noise():
+    """The first rung that passes --max-drop, agrees on val and is estimated to agree on unseen images (or
+    removes enough of the head's int8 noise) ships; without one, the passing rung that removes the most
+    noise (ops in float only for a real cut); none when no rung passes --max-drop."""
+    from edgetl.export.control import MIN_CUT, NOISE_CUT, TARGET_AGREEMENT, choose, rungs
+
+    low = TARGET_AGREEMENT - 0.01
+    tried = [_rung([], estimate=low), _rung(["a"], estimate=low, cut=NOISE_CUT / 2),
+             _rung(["a", "b"], estimate=TARGET_AGREEMENT)]
+    assert choose(tried) == (tried[2], "target met")
+    tried[2] = _rung(["a", "b"], estimate=low, cut=NOISE_CUT)
+    assert choose(tried) == (tried[2], "target met")
+    tried[2] = _rung(["a", "b"], agreement=0.5, estimate=low, cut=NOISE_CUT)  # val disagrees
+    assert choose(tried) == (tried[2], "target missed")
+    tried = [_rung([], estimate=low), _rung(["a"], estimate=low, cut=MIN_CUT / 2)]  # too small a cut
+    assert choose(tried) == (tried[0], "target missed")
+    tried = [_rung([], ok=False, estimate=low), _rung(["a"], estimate=low, cut=0.01), _rung(["a", "b"], ok=False)]
+    assert choose(tried) == (tried[1], "target missed")
+    assert choose([_rung([], ok=False), _rung(["a"], ok=False)]) == (None, "no rung passes --max-drop")
+    assert rungs([("a", 0.5), ("b", 0.2), ("c", 0.0)]) == [(), ("a",), ("a", "b")]
+
+
+def test_export_climbs_the_ladder_and_records_it(ctx, tmp_path, monkeypatch):
+    """A target the plain file cannot meet: export ranks the ops, keeps the most sensitive in float, writes
+    the file with exit 0 and records every rung, the ranking and the float ops (manifest and file)."""
+    from edgetl.core.artifact import read_meta
+    from edgetl.core.rundir import Run
+    from edgetl.export import control
+    from edgetl.export.stage import export_run
+
+    monkeypatch.setattr(control, "TARGET_AGREEMENT", 1.01)  # unreachable: every rung is tried
+    monkeypatch.setattr(control, "NOISE_CUT", 1.01)
+    monkeypatch.setattr(control, "MAX_FLOAT_OPS", 3)
+    shutil.copytree(ctx.run.path, tmp_path / "run", ignore=shutil.ignore_patterns("*.tflite", "*.onnx",
+                                                                                   "manifest.json"))
+    export_run(tmp_path / "run", formats="tflite-int8", calib=16, max_drop=100.0, size_budget=0)
+    entry = Run(tmp_path / "run").manifest["artifacts"]["tflite-int8"]
+    c = entry["int8_control"]
+    assert entry["status"] == "ok" and c["result"] == "target missed"
+    assert 1 <= len(c["rungs"]) <= 4 and c["rungs"][0]["float_ops"] == []
+    assert len(c["ranking"]) == 3 and c["ranking"][0]["share"] >= c["ranking"][-1]["share"]
+    chosen = next(r for r in c["rungs"] if r["float_ops"] == c["float_ops"])
+    assert chosen["ok"] and 0.0 <= chosen["estimated_agreement"] <= 1.0
+    meta = read_meta(tmp_path / "run" / "model-int8.tflite")
+    assert meta.get("float_ops", []) == c["float_ops"]
+
+
+def test_export_fails_only_when_no_rung_passes_and_names_what_would_help(ctx, tmp_path, monkeypatch):
+    """Every rung loses more than --max-drop: exit 3 with one line naming --qat, more data and --max-drop;
+    no int8 file is written."""
+    from edgetl.export import control, parity
+    from edgetl.export.stage import export_run
+
+    monkeypatch.setattr(control, "MAX_FLOAT_OPS", 2)
+    real = parity.parity
+
+    def losing(c, fmt, model, max_drop=None, check=True):
+        res = real(c, fmt, model, 100.0, check)
+        res.update(ok=False, drop_points=50.0, max_drop=max_drop)
+        return res
+
+    monkeypatch.setattr("edgetl.export.stage.parity", losing)
+    shutil.copytree(ctx.run.path, tmp_path / "run", ignore=shutil.ignore_patterns("*.tflite", "*.onnx",
+                                                                                   "manifest.json"))
+    with pytest.raises(ArtifactCheckError) as e:
+        export_run(tmp_path / "run", formats="tflite-int8", calib=16, max_drop=1.0, size_budget=0)
+    msg = str(e.value)
+    assert "\n" not in msg and "--qat" in msg and "more training images" in msg and "--max-drop" in msg
+    assert not (tmp_path / "run" / "model-int8.tflite").exists()
 
 
 # ---------------------------------------------------------------------------------------------- failures

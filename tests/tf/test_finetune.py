@@ -100,9 +100,9 @@ def test_fine_tune_values_map_to_block_boundaries(tiny_parts):
         assert len(names) - 1 - names.index(cut) == above, cut
     assert len(names) - 1 == finetune.BASE_LAYERS
     assert finetune.fine_tune_cut("on") == ("block_12_add", 39) == finetune.DEFAULT_CUT
-    assert finetune.fine_tune_cut("off") is None and finetune.fine_tune_cut(0) is None
+    assert finetune.fine_tune_cut("off") is None
     assert finetune.fine_tune_cut(20) == ("block_14_add", 21) and finetune.fine_tune_cut("40") == ("block_12_add", 39)
-    for bad in ("all", 155, -3):
+    for bad in ("all", 155, -3, 0, "0"):  # 0 layers: an error, not a silent off
         with pytest.raises(EdgetlError, match="--fine-tune"):
             finetune.fine_tune_cut(bad)
 

@@ -7,6 +7,7 @@ complete, manifest and disk agree), two exports of one run at once, native log l
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import stat
@@ -265,12 +266,15 @@ def test_killed_exports_leave_a_true_manifest(tiny_run, tiny_exported, tmp_path)
         manifest_true(run)  # whatever the moment: every listed file is there as listed
         assert "tflite-fp32" not in Run(run).manifest["artifacts"]
         assert (run / "model-fp32.tflite").is_file()  # old or new: listed by no entry
-        if i == 0:  # the next export names what it removes, and leaves disk and manifest in agreement
+        # the file no entry lists is whole (old or new: renamed in at once) and its seal verifies: the next
+        # export gives it its entry back, names that, and leaves disk and manifest in agreement
+        if i == 0:
             res = runner.invoke(app, ["export", str(run), "--format", "tflite-fp16"])
             assert res.exit_code == 0, res.output
-            assert "removed model-fp32.tflite: manifest.json does not list it" in res.output.replace("\n", " ")
+            assert "kept model-fp32.tflite: its sealed sha256 verifies" in res.output.replace("\n", " ")
         else:
-            assert [n.split(":")[0] for n in manifest_file.begin(Run(run))] == ["removed model-fp32.tflite"]
+            assert [n.split(":")[0] for n in manifest_file.begin(Run(run))] == ["kept model-fp32.tflite"]
+        assert Run(run).manifest["artifacts"]["tflite-fp32"]["status"] == "ok"
         disk_matches_manifest(run)
 
 
@@ -289,3 +293,94 @@ def test_two_exports_of_one_run_keep_both_records(tiny_run, tmp_path):
     assert sorted(Run(run).manifest["artifacts"]) == ["onnx-fp32", "tflite-fp16", "tflite-fp32"]
     disk_matches_manifest(run)
     assert quiet == "" and verbose.strip(), verbose  # TensorFlow's start-up lines (absl, CUDA) reach --verbose only
+
+
+# ---- one run, one model; repair; limits ---------------------------------------------------------------------
+def test_a_replaced_model_drops_the_old_models_files_and_calib_records_what_was_used(tiny_exported, tmp_path):
+    """model.keras replaced after an export (here: the same weights in a re-written archive, so only its
+    sha256 differs): the next export drops and names the 4 files of the old model, the manifest names the new
+    one, and --calib records the images actually used."""
+    run = copy(tiny_exported, tmp_path / "run")
+    with zipfile.ZipFile(run / "model.keras", "a") as z:
+        z.writestr("note.txt", "re-saved")
+    res = runner.invoke(app, ["export", str(run), "--format", "tflite-fp32,tflite-int8", "--calib", "100000",
+                              "--max-drop", "100", "--size-budget", "0"])
+    assert res.exit_code == 0, res.output
+    out = res.output.replace("\n", " ")
+    for f in ("model-fp16.tflite", "model-fp32.onnx", "model-int8.onnx"):
+        assert f"removed {f}: made from another model.keras" in out, out
+    m = Run(run).manifest
+    assert sorted(m["artifacts"]) == ["tflite-fp32", "tflite-int8"] and m["model_sha256"] == sha256_file(run / "model.keras")
+    assert m["int8_source"]["calibration_images"] == len(Run(run).split_items("train"))
+    disk_matches_manifest(run)
+    # another run's file dropped in (same classes): bench and predict refuse it
+    shutil.copy(tiny_exported / "model-fp32.onnx", run / "model-fp32.onnx")
+    img = next(iter(Run(run).split_items("val")))[0]
+    one_line_error(runner.invoke(app, ["predict", str(run / "model-fp32.onnx"), img]),
+                   "made from another model.keras than the one beside it")
+
+
+def test_a_file_without_a_valid_seal_is_named_unverified(tiny_exported, tmp_path):
+    """The seal's key altered (and the weights damaged): nothing to check it against, so predict and bench
+    say the file is unverified instead of using it silently."""
+    bare = tmp_path / "model-int8.tflite"
+    b = (tiny_exported / "model-int8.tflite").read_bytes().replace(b'"content_sha256"', b'"content_sha257"')
+    bare.write_bytes(b)
+    img = next(iter(Run(tiny_exported).split_items("val")))[0]
+    res = runner.invoke(app, ["predict", str(bare), img])
+    assert res.exit_code == 0 and f"unverified: {bare} has no valid sealed sha256" in res.output.replace("\n", " ")
+    res = runner.invoke(app, ["bench", str(bare), *FAST, "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0 and "unverified" in res.output, res.output
+    assert json.loads((tmp_path / "b" / "bench.json").read_text())["rows"][0]["integrity"] == "unverified"
+
+
+def test_predict_prints_names_that_are_not_utf8(tiny_exported, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    img = next(iter(Run(tiny_exported).split_items("val")))[0]
+    shutil.copy(img, folder / "good.jpg")
+    (folder / os.fsdecode(b"caf\xe9.jpg")).write_bytes(b"not an image")
+    res = runner.invoke(app, ["predict", str(tiny_exported / "model-int8.tflite"), str(folder)])
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    assert "caf\\xe9.jpg" in res.output and "1 image(s) classified, 1 unreadable" in res.output
+    (tmp_path / "empty").mkdir()  # nothing to classify: the error alone, no empty table before it
+    one_line_error(runner.invoke(app, ["predict", str(tiny_exported / "model-int8.tflite"), str(tmp_path / "empty")]),
+                   "no image files found")
+
+
+def test_train_warns_about_duplicates_across_splits_and_tiny_classes(tmp_path):
+    from PIL import Image
+
+    data = factory.image_folder(tmp_path / "d", per_class=3, size=32)  # 3 training images per class: < 5
+    test = factory.image_folder(tmp_path / "t", per_class=2, size=32, split=False, seed=5)
+    src = data / "train" / "cats" / "img_0.jpg"
+    Image.open(src).save(test / "cats" / "renamed-copy.png")  # the same pixels under another name
+    res = runner.invoke(app, ["train", str(data), "--test", str(test), "--out", str(tmp_path / "run"), *TINY,
+                              "--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    out = res.output.replace("\n", " ")
+    assert "1 image(s) appear in two splits with identical pixels" in out and "renamed-copy.png" in out, out
+    assert "fewer than 5 training images: 'cats' (3), 'dogs' (3)" in out, out
+    w = Run(tmp_path / "run").meta["data_warnings"]
+    assert [d["splits"] for d in w["duplicates_across_splits"]] == ["train/test"]
+    assert w["small_classes"] == {"cats": 3, "dogs": 3}
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_during_train_is_one_line_and_keeps_the_old_run(tiny_run, tmp_path):
+    import resource
+
+    run = copy(tiny_run, tmp_path / "run")
+    before = digest(run)
+    data = Path(Run(tiny_run).meta["split"]["data_root"])
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    proc = subprocess.run([sys.executable, "-m", "edgetl", "train", str(data), "--out", str(run), "--overwrite", *TINY,
+                           "--epochs", "1"], capture_output=True, text=True, env=factory._env(), preexec_fn=limit,
+                          timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "File too large" in errors[0] and "intact" in errors[0], proc.stderr[-3000:]
+    assert digest(run) == before and [p.name for p in run.parent.iterdir()] == ["run"]

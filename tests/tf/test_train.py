@@ -20,8 +20,8 @@ from edgetl.core.images import decode_all
 from edgetl.model.load import load_run_model
 
 META_KEYS = {"edgetl_version", "created", "classes", "image_size", "alpha", "preprocessing", "weights", "seed",
-             "config", "split", "skipped", "history", "metrics", "timings", "versions", "qat", "qat_info",
-             "from_run", "adapt", "features", "model"}
+             "config", "split", "skipped", "data_warnings", "history", "metrics", "timings", "versions", "qat",
+             "qat_info", "from_run", "adapt", "features", "model"}
 
 
 def _data(run: Path) -> Path:
@@ -251,8 +251,8 @@ def test_fit_head_restores_the_best_epoch():
     rng = np.random.default_rng(0)
     x, xv = rng.normal(size=(64, 16)).astype(np.float32), rng.normal(size=(40, 16)).astype(np.float32)
     y, yv = (x[:, 0] > 0).astype(np.int64), rng.integers(0, 2, 40)  # val labels are noise: val loss rises
-    head = build_head(16, 2, dropout=0.0)
-    hist = fit_head(head, (x, y), (xv, yv), epochs=40, lr=0.05, batch_size=8, patience=3,
+    head = build_head(16, 2, "linear", 0.0, 0)
+    hist = fit_head(head, (x, y), (xv, yv), epochs=40, lr=0.05, batch_size=8, patience=3, seed=0,
                     console=factory.quiet_console())
     assert hist["stopped_epoch"] is not None and hist["stopped_epoch"] < 40
     best = int(np.argmin(hist["val_loss"]))

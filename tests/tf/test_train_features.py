@@ -14,7 +14,7 @@ import factory
 from edgetl.core import artifact
 from edgetl.core.images import decode_all, preprocessing_spec
 from edgetl.model import basecache
-from edgetl.train import features
+from edgetl.model import features
 
 
 @pytest.fixture(scope="module")

@@ -22,15 +22,20 @@ from edgetl.core.errors import ArtifactCheckError, EdgetlError
 runner = CliRunner()
 RECIPE = ["--alpha", "--image-size", "--weights", "--epochs", "--batch-size", "--lr", "--head", "--patience",
           "--fine-tune", "--fine-tune-epochs", "--fine-tune-lr", "--val-split", "--seed", "--overwrite", "--verbose",
-          "--dropout", "--augment"]
+          "--dropout", "--augment", "--max-train-views"]
 FLAGS = {
     "train": ["--out", "-o", *RECIPE, "--test", "--from", "--qat", "--qat-epochs", "--qat-lr",
               "--qat-loss", "--adapt-bn", "--base-cache", "--no-base-cache"],
     "export": ["--int8", "--format", "-f", "--calib", "--max-drop", "--keep-going", "--size-budget", "--verbose"],
     "bench": ["--data", "--device", "--threads", "--json", "--out", "--compare", "--min-time", "--min-runs",
-              "--format", "--emulate", "--no-verify", "--verbose", "--amx"],
+              "--format", "--emulate", "--no-verify", "--verbose", "--amx", "--remote", "--ssh-option",
+              "--remote-python", "--wheelhouse", "--remote-timeout"],
     "predict": ["--top-k", "-k", "--json", "--threads", "--no-verify", "--verbose", "--amx"],
     "compare": ["--out", "-o", "--fractions", "--budget", "--target", *RECIPE, "--scratch-lr"],
+    "search": ["--out", "-o", "--weights", "--epochs", "--batch-size", "--lr", "--patience", "--augment", "--val-split",
+               "--seed", "--overwrite", "--verbose", "--test", "--device", "--max-latency-ms", "--max-size-mb",
+               "--max-ram-mb", "--threads", "--trials", "--time-budget", "--alphas", "--sizes", "--formats", "--heads",
+               "--workers", "--ray", "--resume", "--export-best", "--no-export-best"],
 }
 
 

@@ -67,6 +67,10 @@ def test_put_file_and_put_failure_keep_the_record_in_registry_order(run):
     assert e == {"file": "model-fp32.onnx", "bytes": 4, "sha256": sha256_file(run.path / "model-fp32.onnx"),
                  "status": "ok"}
     assert list(on_disk(run)) == [n for n in FORMATS if n in ("onnx-fp32", "tflite-fp32")]
+    manifest.put_failure(run, "onnx-fp32", "onnx-fp32: differs")  # the file that passed earlier stays
+    assert on_disk(run)["onnx-fp32"]["status"] == "ok" and artifact_files(run) == {"model-fp32.tflite", "model-fp32.onnx"}
+    assert on_disk(run)["onnx-fp32"]["last_failure"]["reason"] == "onnx-fp32: differs"
+    (run.path / "model-fp32.onnx").write_bytes(b"changed")  # no longer the file that passed: it goes
     manifest.put_failure(run, "onnx-fp32", "onnx-fp32: differs")
     assert on_disk(run)["onnx-fp32"] == {"file": "model-fp32.onnx", "status": "failed", "reason": "onnx-fp32: differs"}
     assert artifact_files(run) == {"model-fp32.tflite"}
@@ -147,3 +151,106 @@ def test_concurrent_writers_lose_no_entry(run):
         assert p.wait(120) == 0, p.communicate()
     assert sorted(on_disk(run)) == sorted(["tflite-fp32", "tflite-fp16", "onnx-fp32", "onnx-int8"])
     assert_manifest_true(run)
+
+
+# ---- repair, not destruction; one run, one model ------------------------------------------------------------
+def sealed(fmt: str, model_sha: str, body: bytes = b"weights" * 50) -> bytes:
+    """Bytes shaped like an exported file: edgetl metadata with a seal, the format and the model it came from."""
+    from edgetl.core import artifact
+
+    meta = json.dumps({"content_sha256": artifact.SEAL_PLACEHOLDER, "format": fmt, "classes": RUN_META["classes"],
+                       "source": {"model_sha256": model_sha}}, sort_keys=True).encode()
+    return artifact.seal(body + meta + body)
+
+
+@pytest.mark.parametrize("damage", ["invalid json", "wrong sha256", "entry is a number", "no manifest"])
+def test_a_bad_manifest_is_rebuilt_from_the_files_seals(run, damage):
+    model = sha256_file(run.model_path)
+    manifest.begin(run)
+    for name in ("tflite-fp32", "onnx-fp32"):
+        manifest.put_file(run, name, sealed(name, model), {"status": "ok", "parity": {}})
+    doc = json.loads((run.path / MANIFEST_FILE).read_text())
+    if damage == "invalid json":
+        (run.path / MANIFEST_FILE).write_text("{truncated")
+    elif damage == "no manifest":
+        (run.path / MANIFEST_FILE).unlink()
+    else:
+        doc["artifacts"]["tflite-fp32"] = 5 if damage == "entry is a number" else {**doc["artifacts"]["tflite-fp32"],
+                                                                                  "sha256": "0" * 64}
+        (run.path / MANIFEST_FILE).write_text(json.dumps(doc))
+        assert "tflite-fp32" not in Run(run.path).manifest["artifacts"] or damage == "wrong sha256"
+    notes = manifest.begin(run)
+    assert artifact_files(run) == {"model-fp32.tflite", "model-fp32.onnx"}  # nothing good deleted
+    assert sorted(on_disk(run)) == ["onnx-fp32", "tflite-fp32"] and all(a["status"] == "ok" for a in on_disk(run).values())
+    assert any(n.startswith("kept model-fp32.tflite: its sealed sha256 verifies") for n in notes), notes
+    assert_manifest_true(run)
+
+
+def test_files_of_another_model_are_dropped_and_named(run):
+    old = sha256_file(run.model_path)
+    manifest.begin(run)
+    for name in ("tflite-fp32", "tflite-int8"):
+        manifest.put_file(run, name, sealed(name, old), {"status": "ok"})
+    (run.path / "model.keras").write_bytes(b"a retrained model")  # model.keras replaced by hand
+    (run.path / "model-fp32.onnx").write_bytes(sealed("onnx-fp32", "1" * 64))  # dropped in from another run
+    notes = manifest.begin(run)
+    assert on_disk(run) == {} and artifact_files(run) == set()
+    assert sorted(n.split(":")[0] for n in notes) == ["removed model-fp32.onnx", "removed model-fp32.tflite",
+                                                      "removed model-int8.tflite"]
+    assert all("made from another model.keras" in n for n in notes), notes
+    m = json.loads((run.path / MANIFEST_FILE).read_text())
+    assert m["model_sha256"] == sha256_file(run.model_path) and m["classes"] == RUN_META["classes"]
+    with pytest.raises(manifest.EdgetlError, match="model.keras changed while this export ran"):
+        manifest.put_file(run, "tflite-fp32", sealed("tflite-fp32", old), {"status": "ok"})
+    assert artifact_files(run) == set()
+
+
+def test_a_failed_check_keeps_the_file_that_passed_before(run):
+    model = sha256_file(run.model_path)
+    manifest.begin(run)
+    manifest.put_file(run, "tflite-int8", sealed("tflite-int8", model), {"status": "ok"})
+    manifest.put_failure(run, "tflite-int8", "tflite-int8: accuracy dropped by 12 points")
+    assert artifact_files(run) == {"model-int8.tflite"} and on_disk(run)["tflite-int8"]["status"] == "ok"
+    assert_manifest_true(run)
+
+
+def test_an_export_never_writes_into_a_run_swapped_in_meanwhile(run, tmp_path):
+    import shutil
+
+    from edgetl.core import outdir
+
+    manifest.begin(run)
+    with outdir.atomic_dir(run.path, overwrite=True) as tmp:  # train --overwrite of the same run
+        shutil.copy(run.path / "edgetl.json", tmp / "edgetl.json")
+        (tmp / "model.keras").write_bytes(b"new model")
+    with pytest.raises(manifest.EdgetlError, match=r"was replaced \(edgetl train --overwrite\?\) while this export"):
+        manifest.put_file(run, "tflite-fp32", b"old model's file", {"status": "ok"})
+    assert artifact_files(run) == set() and not (run.path / MANIFEST_FILE).exists()
+
+
+def test_an_unreadable_manifest_is_one_line(run, monkeypatch):
+    from pathlib import Path
+
+    real = Path.read_text
+
+    def read_text(self, *a, **k):
+        if self.name == MANIFEST_FILE:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *a, **k)
+
+    (run.path / MANIFEST_FILE).write_text("{}")
+    monkeypatch.setattr(Path, "read_text", read_text)
+    for read in (lambda: manifest.read(run), lambda: Run(run.path).manifest):
+        with pytest.raises(manifest.EdgetlError, match=r"cannot read manifest.json \(Permission denied\)"):
+            read()
+
+
+def test_files_with_other_labels_are_not_rebuilt(run):
+    model = sha256_file(run.model_path)
+    manifest.begin(run)
+    manifest.put_file(run, "tflite-fp32", sealed("tflite-fp32", model), {"status": "ok"})
+    meta = json.loads((run.path / "edgetl.json").read_text())
+    (run.path / "edgetl.json").write_text(json.dumps({**meta, "classes": ["b", "a"]}))  # names changed since
+    notes = manifest.begin(Run(run.path))
+    assert notes == ["removed model-fp32.tflite: its labels differ from the run's; re-export it with --format "
+                     "tflite-fp32"] and artifact_files(run) == set()

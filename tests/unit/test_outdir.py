@@ -261,3 +261,50 @@ def test_files_and_folders_follow_the_umask(tmp_path, mask):
                                                              tmp_path / "run", tmp_path / "run" / "edgetl.json")}
     assert mode == {"a.json": 0o666 & ~mask, "b.bin": 0o666 & ~mask, d.name: 0o777 & ~mask,
                     "run": 0o777 & ~mask, "edgetl.json": 0o666 & ~mask}
+
+
+# ---- the final rename --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("noreplace", [True, False])
+def test_a_run_that_appeared_meanwhile_is_never_replaced(tmp_path, monkeypatch, noreplace):
+    if not noreplace:  # a system without renameat2: mkdir (one creator wins), then rename onto it
+        monkeypatch.setattr(outdir, "_renameat2", lambda a, b, flag: False)
+    out = tmp_path / "run"
+    with pytest.raises(EdgetlError) as e:
+        with outdir.atomic_dir(out) as tmp:
+            (tmp / "edgetl.json").write_text(json.dumps({**RUN_META, "tag": "second"}))
+            edgetl_run(out, "first")  # another train finished first
+    assert one_line(e).startswith(f"--out {out} appeared while this command ran")
+    assert tag_of(out) == "first" and [p.name for p in tmp_path.iterdir()] == ["run"]
+    empty = tmp_path / "empty"
+    with pytest.raises(EdgetlError, match="appeared while"):  # even an empty folder: rename(2) would replace it
+        with outdir.atomic_dir(empty) as tmp:
+            (tmp / "edgetl.json").write_text(json.dumps(RUN_META))
+            empty.mkdir()
+    assert list(empty.iterdir()) == []
+    with outdir.atomic_dir(out, overwrite=True) as tmp:  # with --overwrite: replaced, as asked
+        (tmp / "edgetl.json").write_text(json.dumps({**RUN_META, "tag": "third"}))
+    assert tag_of(out) == "third"
+
+
+def test_replacing_a_run_waits_for_its_manifest_lock(tmp_path):
+    import fcntl
+    import threading
+
+    out = edgetl_run(tmp_path / "run")
+    before = rundir.Run(out)
+    lock = open(out / rundir.MANIFEST_LOCK, "a")
+    fcntl.flock(lock, fcntl.LOCK_EX)  # an export writing a file
+    done = threading.Event()
+
+    def replace():
+        with outdir.atomic_dir(out, overwrite=True) as tmp:
+            edgetl_run(tmp, "new")
+        done.set()
+
+    t = threading.Thread(target=replace)
+    t.start()
+    assert not done.wait(0.5) and tag_of(out) == "old" and not before.replaced()
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    lock.close()
+    t.join(10)
+    assert done.is_set() and tag_of(out) == "new" and before.replaced()

@@ -33,8 +33,8 @@ def test_onnx_session_follows_the_file_and_the_cpu(monkeypatch, feat, saturates)
     assert runtime.session_mode({}) == "default"  # no format recorded: a float file
 
 
-@pytest.mark.parametrize("bad,needle", [(0, "must be >= 1"), (-1, "must be >= 1"), ("x", "whole number"),
-                                        (None, "whole number")])
+@pytest.mark.parametrize("bad,needle", [(0, "must be from 1 to 256"), (-1, "must be from 1"),
+                                        (999, "must be from 1 to 256"), ("x", "whole number"), (None, "whole number")])
 def test_threads_must_be_positive(bad, needle):
     with pytest.raises(EdgetlError, match=f"^--threads .*{needle}"):
         runtime.check_threads(bad)

@@ -1,0 +1,101 @@
+"""Benchmark: `edgetl train` vs the seed recipe end to end on a ~2,000-image set built from the bundled photos
+(not a timed test).
+
+The set (generated in a temp dir, never committed): train = flowers12 train/ + hymenoptera train/ and a
+mirrored copy of each (1,930 images, 14 classes); val = flowers12 test/ + hymenoptera val/ (393 images).
+Contenders, each a whole process on the same data, weights, alpha 0.35 and 224 px:
+  1. edgetl train with its defaults (on this many images no augmented views: --max-train-views),
+  2. edgetl train --max-train-views 0 (the 2 augmented views of every image, as on small sets),
+  3. edgetl train --augment 1 --max-train-views 0,
+  4. the seed recipe (benchmarks/seed_recipe.py, 10 epochs).
+Target: (1) >= 10x faster than (4) at >= its val accuracy; (2) and (3) show what the views cost and pay.
+
+Run under the CPU lock: flock /tmp/edgetl-cpu.lock python benchmarks/bench_train_large.py
+Writes benchmarks/results/train-large.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train import SHARED, edgetl_train, seed_train, warm_cache  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_set(dst: Path) -> dict:
+    from PIL import Image, ImageOps
+
+    parts = {"train": [SHARED / "data/flowers12/train", SHARED / "data/hymenoptera/train"],
+             "val": [SHARED / "data/flowers12/test", SHARED / "data/hymenoptera/val"]}
+    n: dict = {}
+    for split, srcs in parts.items():
+        for src in srcs:
+            for cdir in sorted(p for p in src.iterdir() if p.is_dir()):
+                out = dst / split / cdir.name
+                out.mkdir(parents=True, exist_ok=True)
+                for f in sorted(cdir.iterdir()):
+                    shutil.copy(f, out / f.name)
+                    n[split] = n.get(split, 0) + 1
+                    if split == "train":
+                        with Image.open(f) as im:
+                            ImageOps.mirror(ImageOps.exif_transpose(im).convert("RGB")).save(
+                                out / f"{f.stem}_flip.jpg", quality=90)
+                        n[split] += 1
+    return {"train_images": n["train"], "val_images": n["val"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--weights-dir", type=Path, default=Path(os.environ.get("EDGETL_WEIGHTS_DIR", SHARED / "weights")))
+    ap.add_argument("--seed-epochs", type=int, default=10)
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train-large.json")
+    a = ap.parse_args()
+    from edgetl.model.backbone import keras_weights_name
+
+    weights = a.weights_dir / keras_weights_name(0.35)
+    tmp = Path(tempfile.mkdtemp(prefix="edgetl-bench-large-"))
+    env = {**os.environ, "EDGETL_WEIGHTS_DIR": str(a.weights_dir), "TF_CPP_MIN_LOG_LEVEL": "2",
+           "EDGETL_CACHE_DIR": str(tmp / "cache")}
+    logs = tmp / "logs"
+    logs.mkdir(parents=True)
+    common = ["--alpha", "0.35", "--image-size", "224"]
+    res: dict = {"benchmark": "train-large", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "machine": {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg()}}
+    try:
+        data = tmp / "data"
+        res["data"] = make_set(data)
+        warm_cache(data)
+        edgetl_train(data, tmp / "warmup", env, logs, "warmup", *common)  # makes the cached base (every later run)
+        runs = {"edgetl": edgetl_train(data, tmp / "e", env, logs, "edgetl", *common),
+                "edgetl_2_views": edgetl_train(data, tmp / "e2", env, logs, "edgetl2", *common,
+                                               "--max-train-views", "0"),
+                "edgetl_1_view": edgetl_train(data, tmp / "e1", env, logs, "edgetl1", *common, "--augment", "1",
+                                              "--max-train-views", "0"),
+                "seed": seed_train(data, tmp / "seed", env, logs, "seed", 0.35, 224, str(weights), a.seed_epochs)}
+        res.update(runs)
+        s = runs["seed"]["wall_seconds"]
+        res["summary"] = {k: {"wall_seconds": r["wall_seconds"], "val_accuracy": r.get("val_accuracy"),
+                              "speedup_vs_seed": round(s / r["wall_seconds"], 2),
+                              "n_train_views": r.get("n_train_views")} for k, r in runs.items()}
+        res["target_10x_met"] = bool(res["summary"]["edgetl"]["speedup_vs_seed"] >= 10 and
+                                     runs["edgetl"]["val_accuracy"] >= (runs["seed"].get("val_accuracy") or 0))
+        res["machine"]["load_avg_end"] = os.getloadavg()
+        print(json.dumps(res["summary"], indent=1), flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""Accuracy-controlled int8 (`edgetl export --int8`): the fewest ops kept in float that make the int8 file
+agree with the model it comes from on images it has not seen.
+
+Why a control and not one recipe: how much post-training int8 loses depends on the data and the head.
+Measured on harder variants of the bundled sets (docs/quantization.md), the error is not spread evenly:
+one to three early ops (the first depthwise and 1x1 convolutions, at the highest resolution and with the
+fewest channels) often carry a third of it, and keeping them in float costs a few kB. 16-bit activations
+and keeping the head in float recovered nothing there.
+
+The ladder, for TFLite and ONNX alike (an ONNX int8 file is converted from the TFLite file of its rung):
+1. The converter calibrates once (min/max over the calibration images); each rung quantizes those ranges
+   with a set of ops kept in float (`model.convert.quantize_calibrated`).
+2. What counts is int8 noise as the head sees it: the change of the head's logits when the float model's
+   pooled features are replaced by the int8 file's (noise in directions the head ignores does not move an
+   answer). Ops are ranked by the share of that noise, on RANK_IMAGES calibration images, that keeping the
+   op alone in float removes.
+3. A rung meets the target when its file passes --max-drop on val (the check every int8 file gets),
+   agrees with the model on at least VAL_AGREEMENT of val, and either its estimated agreement on unseen
+   images is at least TARGET_AGREEMENT or it removes at least NOISE_CUT of the plain file's head noise
+   (on calibration and val images). The estimate adds every measured noise sample (int8 minus float
+   features of a calibration or val image) to every val image's float features and counts how often the
+   head's top-1 class flips: label-free, with far more samples than a small val split has images. It is
+   what decides whether the plain file is enough; near-ties set a floor under it that no op in float
+   lifts much, so the ladder's own goal is the share of head noise removed.
+4. Rungs are tried in order (the plain file, then the top 1, 2, ... ranked ops, at most MAX_FLOAT_OPS);
+   the first that meets the target ships. Without one, the rung that passes --max-drop and removes the
+   most head noise ships (ops in float only from MIN_CUT on) and the missed target is said; exit 3 only
+   when no rung passes --max-drop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..core.flatbuffer import op_list, short_name
+from ..core.errors import ArtifactCheckError, EdgetlError
+from ..core.formats import FORMATS
+from ..core.runtime import TFLiteRunner
+from ..model.graph import cut_layer, top_model
+from ..model.predict import predict
+from .context import ExportContext
+from .convert import calibrated, tflite_int8_bytes
+
+TARGET_AGREEMENT = 0.985  # estimated top-1 agreement with the model on unseen images
+VAL_AGREEMENT = 0.97  # measured top-1 agreement on val
+NOISE_CUT = 0.30  # share of the plain file's head noise whose removal meets the target
+MIN_CUT = 0.10  # share of head noise whose removal justifies ops in float when the target is out of reach
+MAX_FLOAT_OPS = 8
+RANK_IMAGES = 64  # calibration images the ranking measures the noise on
+ESTIMATE_NOISE = 200  # noise samples (calibration + val images) the estimate resamples
+ESTIMATE_VAL = 300  # val images the estimate resamples onto
+BUDGET_SLACK = 0.01  # estimated agreement the size budget's per-tensor scales may give up
+LATENCY_CALLS = 30  # batch-1 calls per file when the cost of the float ops is timed
+HEAD_OPS = ("MEAN", "FULLY_CONNECTED", "SOFTMAX", "RESHAPE")  # after the pooled features: not ranked
+
+
+@dataclass
+class Rung:
+    float_ops: tuple  # names of the ops kept in float
+    labels: list  # their short names, for people
+    parity: dict | None = None
+    estimate: float | None = None
+    noise: float | None = None  # mean squared change of the head's logits (estimate's samples)
+    cut: float = 0.0  # share of the plain file's head noise this rung removes
+    error: str | None = None  # why the file could not be made or checked
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def passes_drop(self) -> bool:
+        return self.parity is not None and bool(self.parity.get("ok"))
+
+    @property
+    def meets_target(self) -> bool:
+        return (self.passes_drop and self.parity["agreement"] >= VAL_AGREEMENT and self.estimate is not None
+                and (self.estimate >= TARGET_AGREEMENT or self.cut >= NOISE_CUT))
+
+
+class _Features:
+    """The model's pooled features (the cut the head reads) against the int8 file's, seen through the
+    model's own head: int8 noise matters only where it moves the head's logits."""
+
+    def __init__(self, ctx: ExportContext):
+        from ..model.tfenv import tf_and_keras
+
+        _, keras = tf_and_keras()
+        self.model = ctx.model
+        self.cut = cut_layer(ctx.model)
+        bottom = keras.Model(ctx.model.input, ctx.model.get_layer(self.cut).output)
+        self.top = top_model(ctx.model, self.cut, logits=True)
+        self.shape = tuple(self.top.input_shape[1:])
+        cx = ctx.calibration_inputs()
+        n_val = min(len(ctx.val_x), ESTIMATE_NOISE // 2)
+        self.rank_x = cx[:RANK_IMAGES]
+        self.noise_x = np.concatenate([cx[:ESTIMATE_NOISE - n_val], ctx.val_x[:n_val]])
+        self.val_x = ctx.val_x[:ESTIMATE_VAL]
+        self.f_rank = _flat(predict(bottom, self.rank_x))
+        self.f_noise = _flat(predict(bottom, self.noise_x))
+        self.f_val = _flat(predict(bottom, self.val_x))
+        self.z_rank = self.logits(self.f_rank)
+        self.z_noise = self.logits(self.f_noise)
+        self.top_val = self.logits(self.f_val).argmax(1)
+
+    def logits(self, f: np.ndarray) -> np.ndarray:
+        return predict(self.top, f.reshape(len(f), *self.shape), batch_size=1024)
+
+    def int8(self, tfl: bytes, x: np.ndarray, named: bytes | None = None) -> np.ndarray:
+        """The int8 file's features at the cut for x. named: a file of the same graph whose tensors still
+        have the converter's names (a compacted file's are short; tensor indices stay the same)."""
+        prefix = f"{self.model.name}/{self.cut}"
+        r = TFLiteRunner(tfl, FORMATS["tflite-int8"], keep_tensors=True)
+        index = (TFLiteRunner(named, FORMATS["tflite-int8"]) if named is not None else r).tensor(prefix)["index"]
+        return _flat(r.tensor_values(x, next(d for d in r.interp.get_tensor_details() if d["index"] == index)))
+
+    def noise(self, tfl: bytes) -> float:
+        """Mean squared change of the head's logits (centred per image) that the int8 features cause, on
+        the ranking images."""
+        d = self.logits(self.int8(tfl, self.rank_x)) - self.z_rank
+        return float(((d - d.mean(1, keepdims=True)) ** 2).mean())
+
+    def estimate(self, tfl: bytes, named: bytes | None = None, chunk: int = 20) -> tuple[float, float]:
+        """(estimated top-1 agreement of the int8 file with the model on unseen images, its head noise).
+        The estimate adds every noise sample (int8 minus float features of one image) to every val image's
+        float features and runs the model's own head; the head noise is `noise()` on the same samples."""
+        e = self.int8(tfl, self.noise_x, named) - self.f_noise
+        d = self.logits(self.f_noise + e) - self.z_noise
+        head_noise = float(((d - d.mean(1, keepdims=True)) ** 2).mean())
+        flips = 0
+        for j in range(0, len(e), chunk):
+            z = (self.f_val[:, None, :] + e[None, j:j + chunk, :]).reshape(-1, self.f_val.shape[1])
+            top1 = self.logits(z).argmax(1).reshape(len(self.f_val), -1)
+            flips += int((top1 != self.top_val[:, None]).sum())
+        return 1.0 - flips / float(len(self.f_val) * len(e)), head_noise
+
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    return a.reshape(len(a), -1)
+
+
+def features(ctx: ExportContext) -> _Features:
+    if "control-features" not in ctx.cache:
+        ctx.cache["control-features"] = _Features(ctx)
+    return ctx.cache["control-features"]
+
+
+def ranking(ctx: ExportContext, quantize) -> list[tuple[str, float]]:
+    """(op name, share of the plain file's feature noise that keeping it alone in float removes), most
+    sensitive first; ops after the pooled features are not ranked. quantize(float_ops) -> TFLite bytes."""
+    if "control-ranking" not in ctx.cache:
+        feats = features(ctx)
+        plain = feats.noise(quantize(()))
+        ops = op_list(calibrated(ctx))
+        cut = f"{ctx.model.name}/{feats.cut}"
+        body = []
+        for kind, name in ops:
+            if name.split(";")[0].startswith(cut) or kind in HEAD_OPS:
+                break
+            if kind != "PAD":
+                body.append(name)
+        shares = [(name, (plain - feats.noise(quantize((name,)))) / plain if plain > 0 else 0.0) for name in body]
+        ctx.cache["control-ranking"] = sorted(shares, key=lambda s: -s[1])
+    return ctx.cache["control-ranking"]
+
+
+def rungs(ranked: list[tuple[str, float]]) -> list[tuple]:
+    """Float-op sets to try in order: none, then the top 1, 2, ... ranked ops with a positive share."""
+    useful = [name for name, share in ranked if share > 0][:MAX_FLOAT_OPS]
+    return [()] + [tuple(useful[:k]) for k in range(1, len(useful) + 1)]
+
+
+def choose(tried: list[Rung]) -> tuple[Rung | None, str]:
+    """The rung that ships and why: the first that meets the target; else, of those that pass --max-drop,
+    the one that removes the most head noise (ops in float only if that is at least MIN_CUT); None when no
+    rung passes --max-drop."""
+    for r in tried:
+        if r.meets_target:
+            return r, "target met"
+    passing = [r for r in tried if r.passes_drop]
+    if not passing:
+        return None, "no rung passes --max-drop"
+    best = max(passing, key=lambda r: (r.cut, -len(r.float_ops)))
+    if best.cut < MIN_CUT and any(not r.float_ops for r in passing):
+        best = next(r for r in passing if not r.float_ops)
+    return best, "target missed"
+
+
+def describe(r: Rung) -> dict:
+    """A rung as the manifest records it."""
+    out = {"float_ops": list(r.labels), "estimated_agreement": None if r.estimate is None else round(r.estimate, 4),
+           "noise_cut": round(r.cut, 4)}
+    if r.parity is not None:
+        out.update(accuracy=r.parity["accuracy"], agreement=r.parity["agreement"],
+                   drop_points=r.parity["drop_points"], ok=bool(r.parity.get("ok")))
+    if r.error:
+        out["error"] = r.error
+    return out
+
+
+def run_ladder(ctx: ExportContext, quantize, check) -> tuple[Rung | None, dict]:
+    """Try the rungs in order. quantize(float_ops) -> the TFLite bytes the estimate reads; check(float_ops)
+    -> the candidate file's parity (its 'ok' says whether it passes --max-drop; raises ArtifactCheckError
+    when the file cannot be made or checked). Returns (chosen rung or None, the record for the manifest)."""
+    feats = features(ctx)
+    tried: list[Rung] = []
+    ranked: list = []
+    ladder = [()]
+    i = 0
+    while i < len(ladder):
+        ops = ladder[i]
+        r = Rung(ops, [short_name(n) for n in ops])
+        try:
+            r.parity = check(ops)
+            r.estimate, r.noise = feats.estimate(quantize(ops))
+            if tried and tried[0].noise:
+                r.cut = 1.0 - r.noise / tried[0].noise
+        except (ArtifactCheckError, EdgetlError) as e:
+            r.error = str(e)
+        tried.append(r)
+        if r.meets_target:
+            break
+        if i == 0:  # the plain file misses the target: rank the ops, then climb
+            ranked = ranking(ctx, quantize)
+            ladder = rungs(ranked)
+        i += 1
+    chosen, why = choose(tried)
+    record = {"target": {"estimated_agreement": TARGET_AGREEMENT, "noise_cut": NOISE_CUT,
+                         "val_agreement": VAL_AGREEMENT},
+              "result": why, "rungs": [describe(r) for r in tried],
+              "float_ops": list(chosen.labels) if chosen else None}
+    if ranked:
+        record["ranking"] = [{"op": short_name(n), "share": round(s, 4)} for n, s in ranked[:MAX_FLOAT_OPS]]
+    return chosen, record
+
+
+def budget_estimate(ctx: ExportContext, layers: list[int]) -> float:
+    """Estimated agreement of the current rung's file with per-tensor weight scales in `layers`
+    (export.requantize), the size budget's rewrite."""
+    from .requantize import per_tensor
+
+    src = tflite_int8_bytes(ctx, "float32")
+    return features(ctx).estimate(per_tensor(src, layers), named=src)[0]
+
+
+def latency_ratio(fmt, plain: bytes, chosen: bytes) -> float:
+    """p50 batch-1 latency of the chosen file over the plain int8 file's, one thread, timed alternately in
+    this process (a quick figure for the export summary; `edgetl bench` measures properly)."""
+    import time
+
+    runners = [fmt.runner_class()(b, fmt) for b in (plain, chosen)]
+    x = np.zeros((1, *runners[0].io()["in_shape"][1:]), np.float32)
+    xs = [r.to_input(x) for r in runners]
+    times: list[list[float]] = [[], []]
+    for _ in range(LATENCY_CALLS):
+        for i, r in enumerate(runners):
+            t0 = time.perf_counter()
+            r.run(xs[i])
+            times[i].append(time.perf_counter() - t0)
+    return round(float(np.median(times[1]) / np.median(times[0])), 3)

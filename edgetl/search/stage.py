@@ -1,0 +1,166 @@
+"""`edgetl search`: the most accurate model whose file fits a device's latency, size and RAM budget.
+
+An Optuna study (TPE with constraints: infeasible trials steer the sampler away, and the best is chosen
+among feasible ones) kept as a journal file in OUT (JournalStorage), so a search stopped at any point
+resumes with --resume: finished trials are read back, a trial that was running is run again, none is
+repeated. Each trial samples a width, an input size, a head, its dropout, how many augmented views the
+head trains on, and the artifact format; then
+  - base features: computed once per (alpha, size) by the learning session train uses (model.session:
+    decode, the cached TFLite base) with the most views any trial may use, kept in OUT/features/;
+    a trial takes the views it asked for,
+  - the head trains on them with train's loop and settings (val accuracy: the objective, on val only),
+  - the file's latency, size and RAM come from a probe of that (alpha, size, head, format) (search.probe):
+    measured on this machine, or for a device profile the latency estimated (search.estimate).
+For int8 formats the objective is the float head's val accuracy: export checks the int8 file of the best
+run against it (within --max-drop). --workers N runs trials in N processes on the same study.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import shutil
+import time
+from pathlib import Path
+
+from ..core import rundir
+from ..core.console import native_logs_aside
+from .config import JOURNAL_FILE, SEARCH_FILE, Prepared, SearchConfig
+from .report import pareto, plot_pareto, print_report
+from .trials import Searcher, completed, load_study
+
+def run_trials(cfg: SearchConfig, p: Prepared, measure, profile, console, n_startup: int,
+               deadline: float | None) -> None:
+    """This process's share of the study: trials until cfg.trials have finished (all processes together)
+    or the deadline."""
+    import optuna
+
+    study = load_study(Path(cfg.out), cfg.seed, n_startup)
+    searcher = Searcher(cfg, p, measure, profile, console)
+    done = optuna.study.MaxTrialsCallback(cfg.trials, states=(optuna.trial.TrialState.COMPLETE,))
+    if completed(study) >= cfg.trials:
+        return
+    timeout = None if deadline is None else max(0.0, deadline - time.time())
+    study.optimize(searcher.objective, callbacks=[done], timeout=timeout, catch=(RuntimeError,))
+
+
+def _worker(cfg, p, measure, profile, n_startup, deadline) -> None:  # pragma: no cover - child process
+    from rich.console import Console
+
+    run_trials(cfg, p, measure, profile, Console(stderr=True, quiet=True), n_startup, deadline)
+
+
+def search(cfg: SearchConfig, p: Prepared, measure, profile: dict | None = None, console=None) -> dict:
+    """The whole `edgetl search` (without training the best: see cli.search); returns search.json's content."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    out = Path(cfg.out)
+    if cfg.overwrite and not cfg.resume and (out / JOURNAL_FILE).is_file():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    deadline = time.time() + cfg.time_budget if cfg.time_budget else None
+    n_startup = max(4, min(10, cfg.trials // 3))
+    with native_logs_aside(console, cfg.verbose):
+        study = load_study(out, cfg.seed, n_startup)
+        requeued = _requeue_interrupted(study)
+        if requeued:
+            console.print(f"--resume: {requeued} trial(s) interrupted while running are run again", highlight=False)
+        study.set_user_attr("device", cfg.device)
+        procs = []
+        if cfg.ray:
+            from .cluster import run_on_ray  # (Ray only when asked for: an optional extra)
+
+            run_on_ray(cfg, p, measure, profile, console, n_startup, deadline)
+        elif cfg.search_workers > 1:
+            ctx = multiprocessing.get_context("spawn")
+            procs = [ctx.Process(target=_worker, args=(cfg, p, measure, profile, n_startup, deadline))
+                     for _ in range(cfg.search_workers - 1)]
+            for proc in procs:
+                proc.start()
+        try:
+            if not cfg.ray:
+                run_trials(cfg, p, measure, profile, console, n_startup, deadline)
+        finally:
+            for proc in procs:
+                proc.join()
+    report = build_report(cfg, p, study, profile, time.perf_counter() - t0)
+    rundir.write_json(out / SEARCH_FILE, report)
+    plot_pareto(report, out / "pareto.png")
+    print_report(console, report)
+    return report
+
+
+def _requeue_interrupted(study) -> int:
+    """Trials left RUNNING or FAILed by an interruption (a killed or interrupted process) are closed and their
+    parameters queued again, so the resumed study runs each of them once."""
+    import optuna
+
+    TS = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    n = 0
+    for t in trials:
+        if t.state == TS.RUNNING:  # its process was killed
+            study.tell(t.number, state=TS.FAIL)
+        elif t.state != TS.FAIL or not t.user_attrs.get("interrupted"):
+            continue
+        if t.number in retried or not t.params:
+            continue
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        n += 1
+    return n
+
+
+def build_report(cfg: SearchConfig, p: Prepared, study, profile, seconds: float) -> dict:
+    import optuna
+
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        u = t.user_attrs
+        cons = u.get("constraints", [math.inf])
+        config = {k: round(v, 4) if isinstance(v, float) else v for k, v in t.params.items()}
+        rows.append({"number": t.number, "config": config, "val_accuracy": t.value, "via": u.get("via", "optuna"),
+                     "latency_ms": u.get("latency_ms"), "latency_source": u.get("latency_source"),
+                     "threads": u.get("threads"), "size_mb": u.get("size_mb"), "ram_mb": u.get("ram_mb"),
+                     "macs": u.get("macs"), "seconds": u.get("seconds"),
+                     "feasible": all(c <= 0 for c in cons),
+                     "misses": {k: round(c, 4) for k, c in zip(("latency_ms", "size_mb", "ram_mb"), cons) if c > 0}})
+    feasible = [r for r in rows if r["feasible"]]
+    best = max(feasible, key=lambda r: (r["val_accuracy"], -r["latency_ms"], -r["size_mb"]), default=None)
+    closest = None
+    if best is None and rows:
+        budget = {"latency_ms": cfg.max_latency_ms, "size_mb": cfg.max_size_mb, "ram_mb": cfg.max_ram_mb}
+        closest = min(rows, key=lambda r: max(v / budget[k] for k, v in r["misses"].items()))
+    return {
+        "edgetl_version": rundir.edgetl_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "data": str(Path(cfg.data).resolve()), "classes": list(p.split.classes),
+        "device": cfg.device, "device_profile": (profile or {}).get("name"),
+        "latency": ("measured on this machine (bench's worker, p50 at batch 1)" if profile is None else
+                    "estimated (edgetl.search.estimate: fixed cost + MACs / the profile's peak x efficiency)"),
+        "budget": {"max_latency_ms": cfg.max_latency_ms, "max_size_mb": cfg.max_size_mb, "max_ram_mb": cfg.max_ram_mb},
+        "space": {"alpha": p.alphas, "image_size": p.sizes, "head": p.heads, "dropout": [0.0, 0.6],
+                  "augment": [0, cfg.augment], "format": p.formats},
+        "seed": cfg.seed, "config": cfg.as_dict(), "study": str(Path(cfg.out) / JOURNAL_FILE),
+        "n_trials": len(rows), "seconds": round(seconds, 1),
+        "trials": rows,
+        "pareto": [r["number"] for r in pareto(rows)],
+        "best": None if best is None else {"trial": best["number"], **best, "run": None},
+        "closest": None if closest is None else {"trial": closest["number"], "misses": closest["misses"],
+                                                 "config": closest["config"]},
+    }
+
+
+def record_best_run(out: Path, run_path: Path, run_meta: dict, manifest: dict, fmt: str) -> dict:
+    """search.json's best completed with the run trained from it (OUT/best) and its exported file."""
+    report = json.loads((out / SEARCH_FILE).read_text())
+    m = run_meta.get("metrics", {})
+    art = (manifest.get("artifacts") or {}).get(fmt) or {}
+    report["best"].update(run=str(run_path), run_val_accuracy=m.get("val_accuracy"),
+                          test_accuracy=m.get("test_accuracy"), n_test=m.get("n_test"),
+                          file=art.get("file"), file_size_mb=round(art["bytes"] / 1e6, 4) if art.get("bytes") else None)
+    rundir.write_json(out / SEARCH_FILE, report)
+    return report

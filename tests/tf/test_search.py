@@ -1,0 +1,129 @@
+"""`edgetl search` on tiny generated images (--weights random, alpha 0.35, 32-64 px, a few trials): the
+report's shape, the best run trained and exported, and a search interrupted mid-trial that resumes
+without losing or repeating a finished trial."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import factory
+from edgetl.bench.worker import run_worker
+from edgetl.cli import app
+from edgetl.core.rundir import Run
+from edgetl.search import stage, trials
+from edgetl.search.config import SearchConfig, validate
+
+TINY = ["--weights", "random", "--alphas", "0.35", "--epochs", "3", "--augment", "1"]
+
+
+def test_search_end_to_end_tiny(tiny_data, tmp_path):
+    out = tmp_path / "search"
+    r = CliRunner().invoke(app, ["search", str(tiny_data), "--out", str(out), *TINY, "--sizes", "32,64",
+                                 "--heads", "linear", "--trials", "3", "--formats", "tflite-fp32,tflite-fp16",
+                                 "--max-latency-ms", "1000",
+                                 "--max-size-mb", "50"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "search.json").read_text())
+    assert rep["n_trials"] == 3 and [t["number"] for t in rep["trials"]] == [0, 1, 2]
+    for t in rep["trials"]:
+        assert set(t["config"]) == {"alpha", "image_size", "head", "dropout", "augment", "format"}
+        assert t["config"]["image_size"] in (32, 64) and t["config"]["format"] in ("tflite-fp32", "tflite-fp16")
+        assert 0 <= t["val_accuracy"] <= 1 and t["latency_ms"] > 0 and t["latency_source"] == "measured"
+        assert t["size_mb"] > 0 and t["ram_mb"] > 0 and t["feasible"] and t["threads"] == 1
+    assert set(rep["pareto"]) <= {0, 1, 2} and rep["pareto"]
+    best = rep["best"]
+    assert best["feasible"] and best["val_accuracy"] == max(t["val_accuracy"] for t in rep["trials"])
+    # the best configuration trained into OUT/best (train's own run) and its file exported and checked
+    run = Run(out / "best")
+    assert best["run"] == str(out / "best") and run.meta["image_size"] == best["config"]["image_size"]
+    assert (run.meta["config"]["head"], run.meta["config"]["augment"]) == (best["config"]["head"],
+                                                                          best["config"]["augment"])
+    assert (out / "best" / best["file"]).is_file() and best["file_size_mb"] > 0
+    manifest = json.loads((out / "best" / "manifest.json").read_text())
+    assert manifest["artifacts"][best["config"]["format"]]["status"] == "ok"
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "search.journal").is_file() and "Pareto set" in r.output
+    assert f"next: edgetl bench {out / 'best'}" in r.output
+
+
+def test_search_nothing_fits_names_the_closest(tiny_data, tmp_path):
+    out = tmp_path / "search"
+    r = CliRunner().invoke(app, ["search", str(tiny_data), "--out", str(out), *TINY, "--sizes", "32", "--trials",
+                                 "2", "--heads", "linear", "--formats", "tflite-fp32", "--max-latency-ms", "0.0001"])
+    assert r.exit_code == 1, r.output
+    rep = json.loads((out / "search.json").read_text())
+    assert rep["best"] is None and rep["closest"]["misses"]["latency_ms"] > 0
+    assert "nothing fits the budget: the closest is trial" in " ".join(r.output.split())
+    assert not (out / "best").exists()
+
+
+def test_search_resumes_without_losing_or_repeating_a_trial(tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "search"
+    opts = dict(data=str(tiny_data), out=str(out), weights="random", alphas="0.35", sizes="32,64", epochs=3,
+                augment=1, heads="linear", formats="tflite-fp32", max_latency_ms=1000.0, trials=4,
+                export_best=False)
+    real, calls = trials.evaluate_head, []
+
+    def interrupted_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the third trial, its head trained
+        return real(*a, **k)
+
+    monkeypatch.setattr(trials, "evaluate_head", interrupted_third)
+    cfg = SearchConfig(**opts)
+    with pytest.raises(KeyboardInterrupt):
+        stage.search(cfg, validate(cfg), run_worker, console=factory.quiet_console())
+    monkeypatch.setattr(trials, "evaluate_head", real)
+    first = {t.number: t for t in trials.load_study(out, 0, 4).get_trials() if t.state.name == "COMPLETE"}
+    assert sorted(first) == [0, 1]
+    probes = {p.name: p.stat().st_mtime_ns for p in (out / "probes").glob("a*")}
+
+    cfg = SearchConfig(**opts, resume=True)
+    rep = stage.search(cfg, validate(cfg), run_worker, console=factory.quiet_console())
+    by = {t["number"]: t for t in rep["trials"]}
+    assert rep["n_trials"] == 4 and len(by) == 4
+    for n, t in first.items():  # kept as they were, not run again
+        assert by[n]["val_accuracy"] == t.value and by[n]["config"]["image_size"] == t.params["image_size"]
+    study = trials.load_study(out, 0, 4)
+    all_trials = study.get_trials()
+    assert [t.state.name for t in all_trials][:3] == ["COMPLETE", "COMPLETE", "FAIL"]
+    # the interrupted trial ran again once, with its own parameters
+    retry = [t for t in all_trials if t.user_attrs.get("retry_of") == 2]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == all_trials[2].params
+    for name, mtime in probes.items():  # every measured file reused, none measured again
+        assert (out / "probes" / name).stat().st_mtime_ns == mtime
+
+
+def test_search_workers_share_one_study(tiny_data, tmp_path):
+    out = tmp_path / "search"
+    r = CliRunner().invoke(app, ["search", str(tiny_data), "--out", str(out), *TINY, "--sizes", "32", "--trials", "4",
+                                 "--heads", "linear", "--formats", "tflite-fp32", "--max-latency-ms", "1000",
+                                 "--workers", "2", "--no-export-best"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "search.json").read_text())
+    # 4 finished trials between the two processes (one more may have started before the count was reached)
+    assert rep["n_trials"] >= 4 and len({t["number"] for t in rep["trials"]}) == rep["n_trials"]
+    assert len(list((out / "probes").glob("*.json"))) == 1  # the one (size, head, format) measured once
+
+
+def test_search_on_ray_reports_what_a_local_search_reports(tiny_data, tmp_path):
+    pytest.importorskip("ray", reason="the cluster extra (make test installs it)")
+    common = [*TINY, "--sizes", "32,64", "--trials", "3", "--heads", "linear", "--formats", "tflite-fp32",
+              "--max-latency-ms", "1000", "--no-export-best"]
+    reps = {}
+    for name, extra in (("local", []), ("ray", ["--ray", "auto"])):
+        r = CliRunner().invoke(app, ["search", str(tiny_data), "--out", str(tmp_path / name), *common, *extra])
+        assert r.exit_code == 0, r.output
+        reps[name] = json.loads((tmp_path / name / "search.json").read_text())
+    local, ray = reps["local"], reps["ray"]
+    assert set(local) == set(ray) and ray["n_trials"] == local["n_trials"] == 3
+    assert "--ray auto:" in r.output  # the Ray run said where its trials ran
+    for a, b in zip(local["trials"], ray["trials"]):  # the same seeded sampler: the same configurations
+        assert set(a) == set(b) and (a["via"], b["via"]) == ("optuna", "ray")
+        assert a["config"] == b["config"] and a["val_accuracy"] == b["val_accuracy"]  # trained the same way
+        assert a["size_mb"] == b["size_mb"] and a["latency_source"] == b["latency_source"] == "measured"
+    assert ray["best"]["config"] == local["best"]["config"]
