@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 # the TensorFlow tiers run one test file per worker, one worker per core
 XDIST ?= -n auto --dist loadfile
 
-.PHONY: demo test test-unit bench bench-train bench-export bench-runtime bench-compare bench-remote clean venv light arm-env
+.PHONY: demo test test-unit bench bench-train bench-export bench-runtime bench-compare bench-int8-sweep bench-remote clean venv light arm-env
 
 $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,7 +61,7 @@ test-unit: $(LIGHT)/.stamp
 	$(LIGHT)/bin/python -m pytest -q tests/unit $(PYTEST_ARGS)
 
 # All benchmarks, one after another (JSON in benchmarks/results/).
-bench: bench-train bench-export bench-runtime bench-compare bench-remote
+bench: bench-train bench-export bench-runtime bench-compare bench-int8-sweep bench-remote
 
 # Timing benchmarks run under one lock so two never overlap on the shared 2-core machine.
 bench-train: $(VENV)/.stamp
@@ -74,6 +74,11 @@ bench-export: $(VENV)/.stamp
 # bench: edgetl bench on the hymenoptera runs (alpha 0.35 and 0.5, 224 px; created if missing)
 bench-runtime: $(VENV)/.stamp
 	flock /tmp/edgetl-cpu.lock $(BIN)/python benchmarks/bench_runtime.py $(BENCH_ARGS)
+
+# int8 vs fp32 over widths, sizes and threads -> benchmarks/results/int8_sweep.json (takes the lock itself,
+# only while timing: its conversions run outside it)
+bench-int8-sweep: $(VENV)/.stamp
+	$(BIN)/python benchmarks/bench_int8_sweep.py $(BENCH_ARGS)
 
 # compare: `edgetl compare` on hymenoptera, and --adapt-bn before/after on shifted copies -> benchmarks/results/compare.json
 bench-compare: $(VENV)/.stamp

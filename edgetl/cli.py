@@ -110,8 +110,9 @@ def bench(cfg: BenchConfig) -> None:
     res = run_bench([Path(p) for p in cfg.target], data_dir=cfg.data, device=cfg.device, threads=cfg.threads,
                     json_path=cfg.json_out, out=cfg.out, compare=cfg.compare, min_time=cfg.min_time,
                     min_runs=cfg.min_runs, formats=cfg.formats, emulate=cfg.emulate, console=con,
-                    verify=not cfg.no_verify, verbose=cfg.verbose, remote=cfg.remote, ssh_options=cfg.ssh_option,
-                    remote_python=cfg.remote_python, wheelhouse=cfg.wheelhouse, remote_timeout=cfg.remote_timeout)
+                    verify=not cfg.no_verify, verbose=cfg.verbose, amx=cfg.amx, remote=cfg.remote,
+                    ssh_options=cfg.ssh_option, remote_python=cfg.remote_python, wheelhouse=cfg.wheelhouse,
+                    remote_timeout=cfg.remote_timeout)
     model = next((r["file"] for r in res["rows"] if r["status"] == "ok" and r["format"] != "keras"), None)
     if model:
         con.print(f"next: edgetl predict {model} IMAGE_OR_DIR", highlight=False, soft_wrap=True)
@@ -123,7 +124,7 @@ def predict(cfg: PredictConfig) -> None:
     from .predict import predict as run_predict
 
     doc = run_predict(cfg.model, cfg.images, top_k=cfg.top_k, as_json=cfg.json, threads=cfg.threads,
-                      console=Console(), verify=not cfg.no_verify, verbose=cfg.verbose)
+                      console=Console(), verify=not cfg.no_verify, verbose=cfg.verbose, amx=cfg.amx)
     if cfg.json and doc["skipped"]:
         err.print(f"{len(doc['skipped'])} unreadable image(s) skipped (listed under \"skipped\")", highlight=False)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .core import data, images, runtime
+from .core.amx import check_mode as check_amx_mode
 from .core.config import REQUIRED, opt
 from .core.console import native_logs_aside, shown
 from .core.errors import EdgetlError
@@ -30,16 +31,19 @@ class PredictConfig:
     no_verify: bool = opt(False, "Use the file even if its sha256 differs from its manifest or its embedded "
                                  "seal (damaged or changed since export)", "--no-verify")
     verbose: bool = opt(False, "Show the runtime's native log lines on stderr", "--verbose")
+    amx: str = opt("auto", "Let the int8 kernels use AMX: auto (per model: off where its layers fill AMX tiles "
+                           "poorly), on, off")
 
 
 def predict(model_path: Path, inputs: list[Path], top_k: int = 3, as_json: bool = False, threads: int = 1,
-            console=None, verify: bool = True, verbose: bool = False) -> dict:
+            console=None, verify: bool = True, verbose: bool = False, amx: str = "auto") -> dict:
     from rich.console import Console
 
     console = console or Console()
     if top_k < 1:
         raise EdgetlError(f"--top-k {top_k}: must be >= 1")
     threads = runtime.check_threads(threads)
+    check_amx_mode(amx)
     if not inputs:
         raise EdgetlError("give at least one image file or folder after MODEL")
     skipped: list[dict] = []
@@ -48,7 +52,7 @@ def predict(model_path: Path, inputs: list[Path], top_k: int = 3, as_json: bool 
     if threads > cores:
         _note(console, as_json, f"--threads {threads} is more than this machine's {cores} cores")
     with native_logs_aside(console, verbose):  # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate"
-        model = runtime.load(model_path, threads=threads, allow_keras=False, verify=verify)
+        model = runtime.load(model_path, threads=threads, allow_keras=False, verify=verify, amx=amx)
     if model.integrity == "unverified":
         _note(console, as_json, f"unverified: {model_path} has no valid sealed sha256 and no manifest entry: its "
                                 "content could not be checked")
@@ -66,7 +70,7 @@ def predict(model_path: Path, inputs: list[Path], top_k: int = 3, as_json: bool 
             results.append({"path": str(f), "top": [{"label": model.classes[i], "probability": float(probs[i])}
                                                     for i in order]})
     skipped = [{**s, "file": shown(s["file"]), "reason": shown(s["reason"])} for s in skipped]
-    doc = {"model": str(model_path), "format": model.format.name, "classes": model.classes,
+    doc = {"model": str(model_path), "format": model.format.name, **model.amx, "classes": model.classes,
            "image_size": model.image_size, "top_k": k, "images": len(results), "skipped": skipped,
            "integrity": model.integrity, "predictions": [{**r, "path": shown(r["path"])} for r in results]}
     if not results:  # no table: only what was skipped, then the error

@@ -241,21 +241,16 @@ def tiny_model(n_classes: int = 2, size: int = 32, seed: int = 0, images: np.nda
     return assemble(base, head), px
 
 
-def signed_onnx(proto) -> int:
-    """Turn an int8 ONNX model's u8 (zero point 128) QDQ weights back into the usual s8 form, as other tools
-    write them, in place; returns how many weights changed."""
-    from onnx import numpy_helper
+def without_weight_zero_points(proto) -> int:
+    """Drop the zero points of an int8 ONNX model's s8 QDQ weights, as other tools write them (the input
+    is optional: zero), in place; returns how many weights changed."""
+    from onnx import TensorProto
 
     inits = {t.name: t for t in proto.graph.initializer}
     changed = 0
     for node in proto.graph.node:
-        if node.op_type == "DequantizeLinear" and len(node.input) == 3 and node.input[2] in inits:
-            zp = numpy_helper.to_array(inits[node.input[2]])
-            if zp.dtype == np.uint8 and np.all(zp == 128):
-                w = numpy_helper.to_array(inits[node.input[0]])
-                name = node.input[0] + "_s8"
-                proto.graph.initializer.append(numpy_helper.from_array((w.astype(np.int16) - 128).astype(np.int8),
-                                                                       name))
-                node.input[:] = [name, node.input[1]]
-                changed += 1
+        if node.op_type == "DequantizeLinear" and len(node.input) == 3 and node.input[0] in inits \
+                and inits[node.input[0]].data_type == TensorProto.INT8 and len(inits[node.input[0]].dims) >= 2:
+            node.input[:] = node.input[:2]
+            changed += 1
     return changed

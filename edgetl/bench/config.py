@@ -21,6 +21,8 @@ class BenchConfig:
     formats: str | None = opt(None, "Only these registry formats, comma-separated", "--format")
     emulate: bool = opt(False, "Also run each TFLite/ONNX file on the --device's aarch64 core under QEMU: accuracy "
                                "and top-1 agreement with this machine, no latency (needs `make arm-env`)", "--emulate")
+    amx: str = opt("auto", "Let the int8 kernels use AMX: auto (per model: off where its layers fill AMX tiles "
+                           "poorly), on, off; says which per row (needs an AMX CPU to matter)")
     no_verify: bool = opt(False, "Measure files even if their sha256 differs from the manifest or their embedded "
                                  "seal (damaged or changed since export)", "--no-verify")
     verbose: bool = opt(False, "Show the runtimes' native log lines on stderr", "--verbose")

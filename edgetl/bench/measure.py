@@ -19,11 +19,11 @@ from .worker import WORKER_TIMEOUT_S, run_worker
 
 
 def measure_rows(targets: list[Target], threads: list[int], sets: dict, min_time: float, min_runs: int,
-                 peak: dict, tmp: Path, emulate_cpu: str | None, console, run=None, cores: int | None = None
-                 ) -> list[dict]:
+                 peak: dict, tmp: Path, emulate_cpu: str | None, console, run=None, cores: int | None = None,
+                 amx: str = "auto") -> list[dict]:
     """One row per target x thread count, in that order; with `emulate_cpu`, each target's emulated row
     right after its host rows. `run` measures one job (default: a worker here, worker.run_worker), `cores`
-    is the measuring machine's core count (default: this machine's)."""
+    is the measuring machine's core count (default: this machine's); amx: each worker's AMX mode (core.amx)."""
     rows: list[dict] = []
     jobs = [(i, t, n) for i, t in enumerate(targets) for n in threads]
     with progress(console, transient=True) as prog:
@@ -32,7 +32,8 @@ def measure_rows(targets: list[Target], threads: list[int], sets: dict, min_time
             prog.update(task, description=f"{t.label} x{n} thread{'s' if n > 1 else ''}")
             # the first thread count's run keeps its per-image probabilities for the emulated rows
             probs = tmp / f"host-{i}.npy" if emulate_cpu and n == threads[0] else None
-            rows.append(measure_row(t, n, sets, min_time, min_runs, peak, save_probs=probs, run=run, cores=cores))
+            rows.append(measure_row(t, n, sets, min_time, min_runs, peak, save_probs=probs, run=run, cores=cores,
+                                    amx=amx))
             prog.advance(task)
     if emulate_cpu:
         rows = _with_emulated_rows(targets, rows, emulate_cpu, sets, tmp, console)
@@ -45,7 +46,7 @@ def _base_row(t: Target, threads: int) -> dict:
 
 
 def measure_row(t: Target, threads: int, sets: dict, min_time: float, min_runs: int, peak: dict,
-                save_probs: Path | None = None, run=None, cores: int | None = None) -> dict:
+                save_probs: Path | None = None, run=None, cores: int | None = None, amx: str = "auto") -> dict:
     row = {**_base_row(t, threads), **t.extra}
     if t.meta:
         row["macs"] = t.meta.get("macs")
@@ -58,7 +59,7 @@ def measure_row(t: Target, threads: int, sets: dict, min_time: float, min_runs: 
         return row
     ev = sets.get(t.eval_key) if t.eval_key else None
     job = {"path": str(t.path), "threads": threads, "min_time": min_time, "min_runs": min_runs,
-           "pixels": ev["pixels"] if ev else None, "labels": ev["labels"] if ev else None}
+           "pixels": ev["pixels"] if ev else None, "labels": ev["labels"] if ev else None, "amx": amx}
     if ev:
         row["accuracy_split"] = ev["split"]  # "test", "val" or "data" (--data)
     if save_probs is not None and ev:

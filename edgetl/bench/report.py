@@ -16,7 +16,7 @@ from ..core.rundir import write_bytes, write_json
 CSV_COLUMNS = ["name", "format", "threads", "status", "load_ms", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms",
                "runs", "cpu_p50_ms", "throughput_ips", "accuracy", "accuracy_split", "eval_images", "bytes",
                "peak_rss_mb", "macs", "gmacs_per_s", "pct_of_fp32_peak", "image_size", "alpha", "file", "emulated_cpu", "agreement_vs_host",
-               "max_abs_dp_vs_host", "emulation_wall_s", "measured_on"]
+               "max_abs_dp_vs_host", "emulation_wall_s", "amx", "measured_on"]
 
 
 # ---- summary and compare ----------------------------------------------------------------------------
@@ -137,6 +137,8 @@ def _table(result: dict, emu: bool, comp: bool):
             "MB", "RSS MB", "GMAC/s (% peak)"]
     if emu:
         cols.insert(cols.index(acc) + 1, "top-1 vs host")
+    if any(r.get("amx") in ("on", "off") for r in result["rows"]):  # an AMX CPU: which rows could use it
+        cols.insert(cols.index("thr") + 1, "AMX")
     if comp:
         cols += ["Δ p50", "Δ acc"]
     cols.append("status")
@@ -161,6 +163,8 @@ def _cells(r: dict, cols: list[str]) -> list[str]:
              _fmt(r["bytes"] / 1e6 if r.get("bytes") else None),
              _fmt(None if r.get("emulated_cpu") else r.get("peak_rss_mb"), ".0f"),
              (f"{gm:.1f}" + (f" ({pct:.0f}%)" if pct is not None else "")) if gm is not None else "–"]
+    if "AMX" in cols:
+        cells.insert(cols.index("AMX"), r.get("amx") or "–")
     if "top-1 vs host" in cols:
         a = r.get("agreement_vs_host")
         cells.insert(cols.index("top-1 vs host"),
@@ -183,6 +187,10 @@ def _row_notes(rows: list[dict]) -> list[str]:
                        "(the row above times the model traced once into a tf.function graph)")
     sessions = dict.fromkeys((r["name"], r["session"]) for r in rows if r.get("session") not in (None, "", "default"))
     out += [f"{name}: onnxruntime session {session}" for name, session in sessions]
+    amx = dict.fromkeys((r["name"], r["amx"], r.get("amx_reason")) for r in rows if r.get("amx") in ("on", "off"))
+    out += [f"{name}: AMX {status} ({why})" for name, status, why in amx]
+    if any(r.get("amx") == "unavailable" for r in rows) and not amx:
+        out.append("AMX: unavailable on this CPU (--amx changes nothing here)")
     out.append("cpu ms = process CPU time per inference (p50): not inflated when other programs share the CPU")
     for name, f in dict.fromkeys((r["name"], r["file"]) for r in rows if r.get("integrity") == "unverified"):
         out.append(f"[yellow]unverified[/]: {name} ({f}) has no valid sealed sha256 and no manifest entry: its "

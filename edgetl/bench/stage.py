@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.amx import check_mode as check_amx_mode
 from ..core.console import native_logs_aside
 from ..core.errors import ArtifactCheckError, EdgetlError
 from ..core.formats import FORMATS
@@ -42,11 +43,14 @@ class Settings:
     previous: dict | None  # the --compare JSON
     emulate_cpu: str | None
     threads_from_profile: bool = False
+    amx: str = "auto"
 
 
-def check_options(data_dir, device, threads, compare, min_time, min_runs, formats, emulate) -> Settings:
+def check_options(data_dir, device, threads, compare, min_time, min_runs, formats, emulate,
+                  amx: str = "auto") -> Settings:
     """Every option, checked before any work (one line naming the flag on bad input)."""
     thread_list = parse_threads(threads)
+    check_amx_mode(amx)
     if min_time <= 0:
         raise EdgetlError(f"--min-time {min_time}: must be > 0 seconds")
     if min_runs < 1:
@@ -65,13 +69,14 @@ def check_options(data_dir, device, threads, compare, min_time, min_runs, format
     prev = load_compare(compare) if compare else None
     if data_dir is not None and not Path(data_dir).is_dir():
         raise EdgetlError(f"--data {data_dir}: no such folder")
-    return Settings(thread_list, fmt_list, profile, prev, emulation_cpu(profile) if emulate else None, from_profile)
+    return Settings(thread_list, fmt_list, profile, prev, emulation_cpu(profile) if emulate else None, from_profile,
+                    amx)
 
 
 def bench(paths: list[Path], data_dir: Path | None = None, device: str | None = None, threads: str | None = None,
           json_path: Path | None = None, out: Path | None = None, compare: Path | None = None,
           min_time: float = 2.0, min_runs: int = 50, formats: str | None = None, emulate: bool = False,
-          console=None, verify: bool = True, verbose: bool = False, remote: str | None = None,
+          console=None, verify: bool = True, verbose: bool = False, amx: str = "auto", remote: str | None = None,
           ssh_options: list[str] | None = None, remote_python: str | None = None, wheelhouse: str | None = None,
           remote_timeout: float = 900.0) -> dict:
     """The whole `edgetl bench`; verify: each file's sha256 is checked before it is measured (a file that
@@ -81,7 +86,7 @@ def bench(paths: list[Path], data_dir: Path | None = None, device: str | None = 
 
     console = console or Console()
     ropts = _check_remote(remote, ssh_options, remote_python, wheelhouse, remote_timeout, emulate)
-    opts = check_options(data_dir, device, threads, compare, min_time, min_runs, formats, emulate)
+    opts = check_options(data_dir, device, threads, compare, min_time, min_runs, formats, emulate, amx)
     check_outputs([Path(p) for p in paths], Path(out) if out else None, Path(json_path) if json_path else None)
     cores = os.cpu_count() or 1
     if max(opts.threads) > cores:
@@ -99,7 +104,7 @@ def bench(paths: list[Path], data_dir: Path | None = None, device: str | None = 
             detected = None if device else detect_profile(sess.probe.get("cpuinfo", ""))
             if detected:
                 console.print(f"remote {ropts.target}: its /proc/cpuinfo says --device {detected}", highlight=False)
-                opts = check_options(data_dir, detected, threads, compare, min_time, min_runs, formats, emulate)
+                opts = check_options(data_dir, detected, threads, compare, min_time, min_runs, formats, emulate, amx)
             targets = _targets(paths, opts, formats, verify)
             keras = [t for t in targets if t.fmt == "keras"]
             if keras and len(keras) < len(targets):
@@ -173,7 +178,7 @@ def _measure(targets, paths, data_dir, opts: Settings, json_path, out, compare, 
         peak = fp32_peak(profile, where)
         threads = _thread_counts(opts, where, "the remote" if sess else "this machine", console)
         rows = measure_rows(targets, threads, sets, min_time, min_runs, peak, Path(tmp), opts.emulate_cpu,
-                            console, run=sess.run_job if sess else None, cores=where.get("cores"))
+                            console, run=sess.run_job if sess else None, cores=where.get("cores"), amx=opts.amx)
     place = "remote" if sess else "here"
     for r in rows:
         r["measured_on"] = "emulated" if r.get("emulated_cpu") else place
@@ -187,7 +192,7 @@ def _measure(targets, paths, data_dir, opts: Settings, json_path, out, compare, 
                               "arch": where.get("arch"), "remote": where.get("remote")},
               "settings": {"threads": opts.threads, "min_time_s": min_time, "min_runs": min_runs,
                            "formats": opts.formats, "data": str(data_dir) if data_dir else None,
-                           "emulate": opts.emulate_cpu},
+                           "emulate": opts.emulate_cpu, "amx": opts.amx},
               "eval_sets": [{k: v for k, v in s.items() if k not in ("pixels", "labels")} for s in sets.values()],
               "rows": rows}
     if sess is not None:

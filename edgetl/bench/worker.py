@@ -6,7 +6,8 @@ count, so memory and warm caches never leak between rows and a crashing runtime 
 own chatter).
 
 Optional job keys: "timing": false skips the timed runs (accuracy only, e.g. under QEMU, where
-timing means nothing); "save_probs": PATH writes the per-image probabilities (N, C) there as .npy.
+timing means nothing); "save_probs": PATH writes the per-image probabilities (N, C) there as .npy;
+"amx": "auto" | "on" | "off" decides whether the process may use AMX (core.amx), before the runtime loads.
 Imports stay lazy and need only numpy and the runtimes: this module also runs under emulation.
 """
 
@@ -85,7 +86,8 @@ def measure(job: dict) -> dict:
     rss_start = peak_rss_mb()
     t0 = time.perf_counter()
     try:
-        model = runtime.load(job["path"], threads=job["threads"], verify=False)  # checked by the parent
+        model = runtime.load(job["path"], threads=job["threads"], verify=False,  # checked by the parent
+                             amx=job.get("amx"))
     except runtime.RuntimeSkipped as e:
         return {"status": f"skipped: {e}"}
     except EdgetlError as e:
@@ -94,7 +96,7 @@ def measure(job: dict) -> dict:
     res["runtime_load_ms"] = model.load_seconds * 1e3
     res.update(format=model.format.name, runtime=model.format.runtime, classes=model.classes,
                image_size=model.image_size, input_dtype=str(model.in_dtype), macs=model.meta.get("macs"),
-               session=model.session)
+               session=model.session, **model.amx)
 
     pixels = labels = None
     if job.get("pixels"):

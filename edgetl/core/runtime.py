@@ -15,11 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
+from . import amx as amx_control
 from . import artifact, cpu
 from .errors import EdgetlError, first_line
 from .formats import FORMATS, Format, format_of_file
 from .images import preprocess, quantize
 
+# what edgetl's int8 ONNX files declare in their metadata ("int8_weights"): s8 weights whose K-neighbour
+# pairs keep |w1| + |w2| <= 128 (export.onnx_int8), exact on every CPU; "u8" (zero point 128) is too
+INT8_WEIGHTS = "s8-pairs"
+EXACT_INT8_WEIGHTS = {INT8_WEIGHTS: "s8 weights, bounded pairs", "u8": "u8 weights"}
 ONNX_DTYPES = {"tensor(float)": "float32", "tensor(int8)": "int8", "tensor(uint8)": "uint8"}
 
 
@@ -63,6 +68,7 @@ class Runner:
         self.image_size: int | None = int(self.spec["size"][0]) if self.spec else None
         self.load_seconds = 0.0
         self.session = ""  # how the runtime was set up, where that matters for the answers
+        self.amx: dict = {}  # what load(amx=...) did to this process ({"amx": status, "amx_reason": why})
         # (scale, zero point, dtype) of an integer input / output tensor
         self.in_q: tuple[float, int, np.dtype] | None = None
         self.out_q: tuple[float, int, np.dtype] | None = None
@@ -272,13 +278,13 @@ class ONNXRunner(Runner):
 
 
 def session_mode(meta: dict) -> str:
-    """How an onnxruntime session gets exact int8 answers on this CPU. edgetl's int8 files store their
-    weights as u8 (no saturation anywhere); other int8 files on an x86 CPU without VNNI get onnxruntime's
-    session.x64quantprecision=1, which converts s8 weights to u8 at load time."""
+    """How an onnxruntime session gets exact int8 answers on this CPU. edgetl's int8 files store weights
+    that cannot saturate anywhere (EXACT_INT8_WEIGHTS); other int8 files on an x86 CPU without VNNI get
+    onnxruntime's session.x64quantprecision=1, which converts s8 weights to u8 at load time."""
     if FORMATS.get(meta.get("format"), FORMATS["onnx-fp32"]).precision != "int8":
         return "default"
-    if meta.get("int8_weights") == "u8":
-        return "default (u8 weights: exact on every CPU)"
+    if meta.get("int8_weights") in EXACT_INT8_WEIGHTS:
+        return f"default ({EXACT_INT8_WEIGHTS[meta['int8_weights']]}: exact on every CPU)"
     if cpu.u8s8_saturates():
         return "x64quantprecision=1 (s8 weights on an x86 CPU without VNNI)"
     return "default (this CPU does not saturate int8 sums)"
@@ -373,10 +379,15 @@ def check_integrity(path: str | Path) -> str:
     return artifact.verify(p)
 
 
-def load(path: str | Path, threads: int = 1, allow_keras: bool = True, verify: bool = True) -> Runner:
+def load(path: str | Path, threads: int = 1, allow_keras: bool = True, verify: bool = True,
+         amx: str | None = None) -> Runner:
     """Load an artifact file (TFLite/ONNX, by its bytes) or a run's model.keras (needs TensorFlow).
-    verify: check the file's sha256 first (check_integrity)."""
+    verify: check the file's sha256 first (check_integrity). amx: "auto", "on" or "off" decides, before
+    the runtime starts, whether this process may use AMX (core.amx; irreversible for the process: bench
+    and predict call it once per process); None leaves the process as it is."""
     threads = check_threads(threads)
+    if amx is not None:
+        amx_control.check_mode(amx)
     p = Path(path)
     fmt, meta, checked = identify_checked(p, verify)
     if fmt.runtime == "tensorflow":
@@ -385,7 +396,9 @@ def load(path: str | Path, threads: int = 1, allow_keras: bool = True, verify: b
                               f"(`edgetl export RUN` writes them)")
         if not tensorflow_installed():
             raise RuntimeSkipped("TensorFlow not installed")
+    info = amx_control.control(amx, p) if amx is not None and fmt.runtime != "tensorflow" else {}
     runner = fmt.runner_class()(p, fmt, meta, threads)
+    runner.amx = info
     runner.integrity = checked
     return runner
 

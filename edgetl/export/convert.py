@@ -10,7 +10,7 @@ from ..core.formats import Format
 from ..model.convert import INPUT_NAME, OUTPUT_NAME, calibrated_tflite, quantize_calibrated, serving_fn
 from ..model.tfenv import tf_and_keras, tflite_converter
 from .context import ExportContext
-from .onnx_int8 import unsigned_weights
+from .onnx_int8 import bounded_pairs, unsigned_activations
 
 
 def _tflite_converter(ctx: ExportContext, quantized: bool = False):
@@ -101,7 +101,7 @@ def _rename_io(proto) -> None:
 
 def onnx_int8(ctx: ExportContext, fmt: Format) -> bytes:
     """ONNX int8 QDQ from the int8 TFLite graph (its calibrated ranges), via tf2onnx, with
-    u8 weights (export.onnx_int8).
+    s8 weights whose K-neighbour pairs cannot saturate (export.onnx_int8).
 
     Measured (benchmarks/bench_export.py): onnxruntime's own static QDQ calibration (MinMax/Entropy)
     loses 15-20 points on MobileNetV2 here and Percentile 5; re-using the TFLite converter's per-tensor
@@ -112,7 +112,8 @@ def onnx_int8(ctx: ExportContext, fmt: Format) -> bytes:
 
 
 def onnx_from_tflite(tfl: bytes, fmt: Format) -> bytes:
-    """tf2onnx's conversion of a TFLite file (its converter reads a path), I/O renamed, u8 weights."""
+    """tf2onnx's conversion of a TFLite file (its converter reads a path), I/O renamed, s8 weights with
+    bounded pairs, u8 activations (export.onnx_int8)."""
     import tempfile
 
     import tf2onnx
@@ -122,7 +123,8 @@ def onnx_from_tflite(tfl: bytes, fmt: Format) -> bytes:
         p.write_bytes(tfl)
         proto, _ = tf2onnx.convert.from_tflite(str(p), opset=fmt.options.get("opset", 17))
     _rename_io(proto)
-    unsigned_weights(proto)
+    bounded_pairs(proto)
+    unsigned_activations(proto)
     return proto.SerializeToString()
 
 

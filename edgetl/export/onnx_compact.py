@@ -3,7 +3,7 @@
 - shorten_onnx_names: internal tensor names become one or two characters (converted from TFLite,
   every tensor carries the chain of TF op names it was fused from: ~150 kB of a 640 kB int8 file at
   alpha 0.35); graph input/output names are kept;
-- DequantizeLinear zero points that are all zero are dropped (the input is optional and defaults to
+- DequantizeLinear zero points that are all zero are dropped (except those of s8 weights) (the input is optional and defaults to
   zero of x's type, ONNX spec), and initializers nothing uses any more are removed;
 - node names are cleared (an optional field; names are tensor names, which stay);
 - a bias DequantizeLinear's per-channel scale that is exactly float32(input scale) * weight scales (the
@@ -21,7 +21,7 @@ import numpy as np
 def compact_onnx(proto, derive_bias_scales: bool = True) -> None:
     """Drop all-zero DequantizeLinear zero points, derivable bias scales, unused initializers and node
     names (in place)."""
-    from onnx import numpy_helper
+    from onnx import TensorProto, numpy_helper
 
     g = proto.graph
     if derive_bias_scales:
@@ -36,8 +36,14 @@ def compact_onnx(proto, derive_bias_scales: bool = True) -> None:
             zero[name] = t is not None and name not in overridable and not np.any(numpy_helper.to_array(t))
         return zero[name]
 
+    def is_int8_weight(name: str) -> bool:
+        """s8 weight tensors keep their zero point: onnxruntime's session.x64quantprecision=1 needs it to
+        convert them (export.onnx_int8.bounded_pairs)."""
+        t = inits.get(name)
+        return t is not None and t.data_type == TensorProto.INT8 and len(t.dims) >= 2
+
     for n in g.node:
-        if _is_dq(n) and len(n.input) == 3 and is_zero(n.input[2]):
+        if _is_dq(n) and len(n.input) == 3 and is_zero(n.input[2]) and not is_int8_weight(n.input[0]):
             del n.input[2]
         n.name = ""
     used = {x for n in g.node for x in n.input} | {o.name for o in g.output}

@@ -110,8 +110,8 @@ def check_onnx_sessions(fmt: Format, model: bytes, probs: np.ndarray, x: np.ndar
 
     risks = saturation_risks(onnx.load_from_string(model))
     if risks:
-        raise ArtifactCheckError(f"{fmt.name}: {len(risks)} GEMM layer(s) hold s8 weights outside [-64, 63] that "
-                                 f"CPUs without VNNI can saturate (first: {risks[0]})")
+        raise ArtifactCheckError(f"{fmt.name}: {len(risks)} GEMM layer(s) hold s8 weight pairs over |w1| + |w2| <= 128 "
+                                 f"that CPUs without VNNI can saturate (first: {risks[0]})")
     try:
         precise = fmt.runner_class()(model, fmt, precise=True).outputs(x)
     except EdgetlError as e:  # onnxruntime rejects the file with the option set: not portable either

@@ -77,7 +77,7 @@ def test_int8_onnx_row_names_its_session(bench_result, tiny_exported):
     _, meta = runtime.identify(tiny_exported / FORMATS["onnx-int8"].filename)
     assert rows["onnx-int8"]["session"] == runtime.session_mode(meta) != "default"
     assert rows["onnx-fp32"]["session"] == "default"
-    out = r.stdout.replace("\n", " ")
+    out = " ".join(r.stdout.split())  # console lines wrap at 80 columns
     assert f"onnx-int8: onnxruntime session {rows['onnx-int8']['session']}" in out
     assert "onnx-fp32: onnxruntime session" not in out
     assert "keras x1 called as" in out  # Keras' eager and model.predict timings, one line each

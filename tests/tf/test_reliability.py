@@ -340,7 +340,8 @@ def test_predict_prints_names_that_are_not_utf8(tiny_exported, tmp_path):
     img = next(iter(Run(tiny_exported).split_items("val")))[0]
     shutil.copy(img, folder / "good.jpg")
     (folder / os.fsdecode(b"caf\xe9.jpg")).write_bytes(b"not an image")
-    res = runner.invoke(app, ["predict", str(tiny_exported / "model-int8.tflite"), str(folder)])
+    # a terminal wide enough for the whole path (rich shortens long table cells)
+    res = runner.invoke(app, ["predict", str(tiny_exported / "model-int8.tflite"), str(folder)], env={"COLUMNS": "400"})
     assert res.exit_code == 0 and "Traceback" not in res.output, res.output
     assert "caf\\xe9.jpg" in res.output and "1 image(s) classified, 1 unreadable" in res.output
     (tmp_path / "empty").mkdir()  # nothing to classify: the error alone, no empty table before it

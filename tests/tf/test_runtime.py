@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from factory import signed_onnx
+from factory import without_weight_zero_points
 
 from edgetl.core import artifact, cpu, runtime
 from edgetl.core.errors import EdgetlError
@@ -135,14 +135,15 @@ def test_truncated_files_are_one_line_errors(tiny_exported, tmp_path, name):
 # ---- which onnxruntime session an int8 file gets ----------------------------------------------------------
 @pytest.fixture(scope="module")
 def foreign_int8(tiny_exported, tmp_path_factory):
-    """edgetl's int8 ONNX file with s8 weights and without the metadata's "int8_weights": "u8"."""
+    """edgetl's int8 ONNX file as other tools write it: s8 weights without zero points, and without the
+    metadata's "int8_weights"."""
     import onnx
 
     proto = onnx.load(tiny_exported / "model-int8.onnx")
-    n = signed_onnx(proto)
+    n = without_weight_zero_points(proto)
     assert n >= 50  # every conv of MobileNetV2
     meta = artifact.read_meta(tiny_exported / "model-int8.onnx")
-    assert meta.pop("int8_weights") == "u8"
+    assert meta.pop("int8_weights") == runtime.INT8_WEIGHTS
     meta.pop(artifact.SEAL_KEY)  # other tools seal nothing (edgetl's seal would no longer match)
     artifact.embed_onnx(proto, meta)
     path = tmp_path_factory.mktemp("foreign") / "foreign-int8.onnx"
@@ -152,7 +153,7 @@ def foreign_int8(tiny_exported, tmp_path_factory):
 
 def test_edgetl_int8_onnx_gets_the_default_session(tiny_exported, pixels):
     m = runtime.load(tiny_exported / "model-int8.onnx")
-    assert m.session == "default (u8 weights: exact on every CPU)"
+    assert m.session == "default (s8 weights, bounded pairs: exact on every CPU)"
     exact = runtime.ONNXRunner(tiny_exported / "model-int8.onnx", m.format, m.meta, precise=True)
     np.testing.assert_allclose(m.predict_pixels(pixels), exact.predict_pixels(pixels),
                                atol=FORMATS["onnx-int8"].options["session_tolerance"])

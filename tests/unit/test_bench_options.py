@@ -30,7 +30,8 @@ def error_line(r) -> str:
 BAD = {"threads-0": (["--threads", "0"], "--threads"), "threads-neg": (["--threads", "1,-2"], "--threads"),
        "threads-word": (["--threads", "two"], "--threads"), "unknown-device": (["--device", "toaster"], "rpi4"),
        "min-time": (["--min-time", "0"], "--min-time"), "min-runs": (["--min-runs", "0"], "--min-runs"),
-       "unknown-format": (["--format", "tflite-int4"], "tflite-int8"), "no-data": (["--data", "nope"], "--data nope")}
+       "unknown-format": (["--format", "tflite-int4"], "tflite-int8"), "no-data": (["--data", "nope"], "--data nope"),
+       "amx": (["--amx", "maybe"], "--amx 'maybe': valid values: auto, on, off")}
 
 
 @pytest.mark.parametrize("case", sorted(BAD))

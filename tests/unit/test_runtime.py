@@ -17,9 +17,11 @@ ARM = cpu.features({"Features": "fp asimd asimddp"}, "aarch64")
 
 @pytest.mark.parametrize("feat,saturates", [(AVX2, True), (VNNI, False), (ARM, False)])
 def test_onnx_session_follows_the_file_and_the_cpu(monkeypatch, feat, saturates):
-    """edgetl's int8 files (u8 weights) need nothing anywhere; other int8 files get
+    """edgetl's int8 files (s8 weights with bounded pairs, or u8 weights) need nothing anywhere; other int8 files get
     session.x64quantprecision=1 on an x86 CPU without VNNI, and only there; float files never."""
     monkeypatch.setattr(cpu, "features", lambda: feat)
+    assert runtime.session_mode({"format": "onnx-int8", "int8_weights": runtime.INT8_WEIGHTS}) == \
+        "default (s8 weights, bounded pairs: exact on every CPU)"
     assert runtime.session_mode({"format": "onnx-int8", "int8_weights": "u8"}) == \
         "default (u8 weights: exact on every CPU)"
     mode = runtime.session_mode({"format": "onnx-int8"})
