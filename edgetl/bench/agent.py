@@ -127,11 +127,16 @@ def unpack(args):
             z.extractall(tmp)
         os.replace(tmp, dest)
     except OSError as e:
-        remove(tmp)
-        if disk_full(e):
-            return {"error": "disk-full", "detail": str(e), "free_bytes": free_bytes(root), "root": root}
-        return {"error": "io", "detail": "%s: %s" % (type(e).__name__, e)}
+        return os_failure(e, tmp, root)
     return {"unpacked": True}
+
+
+def os_failure(e, tmp, root):
+    """The answer for an OSError while making `tmp` under `root` (removed): a full disk, or any other."""
+    remove(tmp)
+    if disk_full(e):
+        return {"error": "disk-full", "detail": str(e), "free_bytes": free_bytes(root), "root": root}
+    return {"error": "io", "detail": "%s: %s" % (type(e).__name__, e)}
 
 
 def venv(args):
@@ -182,10 +187,7 @@ def venv(args):
             json.dump({"requirements": args["requirements"]}, f)
         os.replace(tmp, dest)
     except OSError as e:
-        remove(tmp)
-        if disk_full(e):
-            return {"error": "disk-full", "detail": str(e), "free_bytes": free_bytes(root), "root": root}
-        return {"error": "io", "detail": "%s: %s" % (type(e).__name__, e)}
+        return os_failure(e, tmp, root)
     return {"created": True, "python": os.path.join(dest, "bin", "python")}
 
 
