@@ -71,7 +71,8 @@ def measure(run_path: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown: one line per (case, family), means over the seeds found for each case."""
+    """Markdown: one line per (case, family), means over the seeds found for each case; drop and agreement on
+    the test split, or on val (marked) for a case without one."""
     import re
     from collections import defaultdict
 
@@ -79,7 +80,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         case = re.sub(r"-\d+$", "", Path(r["run"]).name)
         groups[case].append(r)
-    out = ["| case | file | seeds | test drop plain -> controlled | test agreement plain -> controlled | "
+    out = ["| case | file | seeds | drop (points) plain -> controlled | agreement plain -> controlled | "
            "plain fails --max-drop 2 | ops in float | size vs plain | latency vs plain |",
            "|---|---|---|---|---|---|---|---|---|"]
 
@@ -92,10 +93,9 @@ def table(rows: list[dict]) -> str:
             p = [r[f"plain/{fam}"] for r in rs]
             c = [r[f"controlled/{fam}"] for r in rs]
             has_test = all("test_drop" in x for x in p + c)
-            drop = (f"{mean([x['test_drop'] for x in p]):.2f} -> {mean([x['test_drop'] for x in c]):.2f}"
-                    if has_test else "-")
-            agr = (f"{100 * mean([x['test_agreement'] for x in p]):.1f} % -> "
-                   f"{100 * mean([x['test_agreement'] for x in c]):.1f} %" if has_test else "-")
+            dk, ak, tag = ("test_drop", "test_agreement", "") if has_test else ("val_drop", "val_agreement", " (val)")
+            drop = f"{mean([x[dk] for x in p]):.2f} -> {mean([x[dk] for x in c]):.2f}{tag}"
+            agr = f"{100 * mean([x[ak] for x in p]):.1f} % -> {100 * mean([x[ak] for x in c]):.1f} %{tag}"
             fails = sum(not x["passes_max_drop"] for x in p)
             ops = "/".join(str(len(x["float_ops"] or [])) for x in c)
             size = mean([x["bytes"] / y["bytes"] for x, y in zip(c, p)])
