@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import functools
 import inspect
 import os
@@ -24,7 +23,7 @@ from .bench.config import BenchConfig
 from .compare.config import CompareConfig
 from .core.config import check_floats
 from .core.console import shown
-from .core.errors import EdgetlError, Terminated
+from .core.errors import EdgetlError, Terminated, no_space
 from .export.config import ExportConfig
 from .predict import PredictConfig
 from .search.config import SearchConfig
@@ -63,7 +62,7 @@ def command(config_cls):
                 err.print(f"[bold red]error:[/] {shown(e)}", highlight=False, soft_wrap=True)
                 raise typer.Exit(e.exit_code) from None
             except Exception as e:  # a full disk or a file-size limit: one line naming the place
-                full = _no_space(e)
+                full = no_space(e)
                 if full is None:
                     raise
                 where = full.filename or _output_of(kwargs)
@@ -136,20 +135,6 @@ def compare(cfg: CompareConfig) -> None:
     from .compare.stage import compare as run_compare
 
     run_compare(cfg, Console(stderr=True), prepared=validate(cfg))
-
-
-NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # disk full, file-size limit (ulimit -f), quota
-
-
-def _no_space(e: BaseException) -> OSError | None:
-    """The OSError of a full disk or a size limit behind `e` (libraries wrap it), else None."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in NO_SPACE:
-            return e
-        e = e.__cause__ or e.__context__
-    return None
 
 
 def _output_of(kwargs: dict) -> str:

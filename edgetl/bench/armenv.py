@@ -65,8 +65,8 @@ def wheel_pins() -> dict[str, str]:
         req = todo.pop()
         name = re.match(r"[A-Za-z0-9._-]+", req).group()
         key = re.sub(r"[-_.]+", "-", name).lower()
-        if key in pins or "extra ==" in req:
-            continue
+        if key in pins or "extra ==" in req or re.search(r"Windows|win32|darwin|Darwin", req.partition(";")[2]):
+            continue  # an extra, or a dependency for other systems than the guest's Linux
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:

@@ -133,10 +133,19 @@ def put_file(run: Run, name: str, blob: bytes, entry: dict) -> dict:
         if made_from and m.get("model_sha256") not in (None, made_from):
             raise EdgetlError(f"RUN {run.path}: {MODEL_FILE} changed while this export ran; {fname} was not "
                               f"written; export again")
-        if m["artifacts"].pop(name, None) is not None:
+        old = m["artifacts"].pop(name, None)
+        if old is not None:
             _write(run, m)
         pause_point("manifest-entry-removed")
-        write_bytes(run.path / fname, blob)
+        try:
+            write_bytes(run.path / fname, blob)
+        except BaseException:  # e.g. a full disk: the old file is still whole (atomic write), so is its entry
+            if old is not None and _intact(run, old):
+                with contextlib.suppress(OSError):
+                    m = read(run)
+                    m["artifacts"][name] = old
+                    _write(run, m)
+            raise
         pause_point("manifest-file-written")
         entry = {"file": fname, "bytes": len(blob), "sha256": sha256_file(run.path / fname), **entry}
         m = read(run)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..core import cpu
 from ..core.console import native_logs_aside, progress
-from ..core.errors import ArtifactCheckError, EdgetlError, describe
+from ..core.errors import ArtifactCheckError, EdgetlError, describe, no_space
 from ..core.formats import FORMATS, FP32_OF, Format
 from ..core.rundir import MANIFEST_FILE, META_FILE
 from . import control as control_mod
@@ -94,6 +94,8 @@ def _export_all(ctx: ExportContext, fmts: list[Format], bar, max_drop, size_budg
                 ctx, fmt, max_drop, size_budget, results,
                 on_budget=lambda: bar.update(task, description=f"export {fmt.name} (size budget)"))
         except Exception as e:  # a check failure, or a converter crash: one line, never a traceback
+            if no_space(e) is not None:  # not this format's fault: the CLI names the place, nothing half-written
+                raise
             reason, shown = _failure(fmt, e)
             results[fmt.name] = manifest_file.put_failure(ctx.run, fmt.name, reason)
             failures.append(reason)

@@ -385,3 +385,26 @@ def test_a_file_size_limit_during_train_is_one_line_and_keeps_the_old_run(tiny_r
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "File too large" in errors[0] and "intact" in errors[0], proc.stderr[-3000:]
     assert digest(run) == before and [p.name for p in run.parent.iterdir()] == ["run"]
+
+
+def test_a_file_size_limit_during_export_is_one_line_naming_the_place(tiny_exported, tmp_path):
+    """A full disk or a size limit while export converts or writes is not a format's failure: one line that
+    names where, exit 2, no traceback, and the files already there are intact."""
+    import resource
+
+    run = copy(tiny_exported, tmp_path / "run")
+    before = digest(run)
+    listed = {k: v["sha256"] for k, v in Run(run).manifest["artifacts"].items()}
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    proc = subprocess.run([sys.executable, "-m", "edgetl", "export", str(run), "--format", "tflite-fp32"],
+                          capture_output=True, text=True, env=factory._env(), preexec_fn=limit, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "File too large" in errors[0] and "intact" in errors[0], proc.stderr[-3000:]
+    after = digest(run)  # the manifest is rewritten as export starts; every file it lists is untouched
+    assert {k: v for k, v in after.items() if k != "manifest.json"} == \
+        {k: v for k, v in before.items() if k != "manifest.json"}
+    assert {k: v["sha256"] for k, v in Run(run).manifest["artifacts"].items()} == listed

@@ -25,6 +25,22 @@ def test_env_location(monkeypatch, tmp_path):
     assert armenv.env_dir() == tmp_path / "mine"
 
 
+def test_pins_follow_only_what_the_guest_installs(monkeypatch):
+    """Requirements for other systems (colorama on Windows) are not pinned, even where the host happens to
+    have them installed: the guest is Linux, and the pins must not depend on what else the host holds."""
+    from importlib import metadata
+
+    class Dist:
+        def __init__(self, version, requires):
+            self.version, self.requires = version, requires
+
+    fake = {"onnxruntime": Dist("1.0", ['colorama; platform_system == "Windows"', "numpy>=1", "tqdm; extra == 'x'"]),
+            "numpy": Dist("2.0", None), "colorama": Dist("0.4.6", None), "tqdm": Dist("4.0", None)}
+    monkeypatch.setattr(armenv, "WHEEL_ROOTS", ["onnxruntime"])
+    monkeypatch.setattr(metadata, "distribution", lambda name: fake[name])
+    assert armenv.wheel_pins() == {"numpy": "2.0", "onnxruntime": "1.0"}
+
+
 def test_partial_damaged_and_outdated_envs_are_named(tmp_path, capsys):
     env = tmp_path / "arm-env"
     assert "no arm env" in armenv.problem(env)
