@@ -11,7 +11,6 @@ from ..core.artifact import (SEAL_KEY, SEAL_PLACEHOLDER, embed_onnx, embed_tflit
 from ..core.errors import ArtifactCheckError
 from ..core.flatbuffer import compact_tflite, short_name
 from ..core.formats import Format
-from ..core.runtime import INT8_WEIGHTS
 from .context import ExportContext
 from .onnx_compact import compact_onnx, shorten_onnx_names
 
@@ -38,7 +37,7 @@ def artifact_meta(ctx: ExportContext, fmt: Format, io: dict, weights_quant: dict
         "quantization": quant,
         **({"weights_quantization": weights_quant} if weights_quant else {}),
         **({"float_ops": [short_name(n) for n in ctx.float_ops]} if fmt.precision == "int8" and ctx.float_ops else {}),
-        **({"int8_weights": INT8_WEIGHTS} if fmt.suffix == ".onnx" and fmt.precision == "int8" else {}),
+        **({"int8_weights": ctx.onnx_weights} if fmt.suffix == ".onnx" and fmt.precision == "int8" else {}),
         "macs": int(ctx.macs),
         "source": {"run": str(ctx.run.path.resolve()), "alpha": ctx.run.meta.get("alpha"),
                    "image_size": ctx.size, "weights_sha256": w.get("sha256"), "model_sha256": ctx.model_sha256,

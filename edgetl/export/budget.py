@@ -128,7 +128,7 @@ def _builder(ctx: ExportContext, fmt: Format, layers: list, percent: float):
 
     def build(k: int):
         tfl = per_tensor(src, [L.index for L in layers[:k]])
-        raw = tfl if fmt.suffix == ".tflite" else onnx_from_tflite(tfl, fmt)
+        raw = tfl if fmt.suffix == ".tflite" else onnx_from_tflite(tfl, fmt, ctx.onnx_weights)
         return embed(ctx, fmt, compact(fmt, raw), {"per_tensor_layers": k, "rule": wq_rule}) + (raw,)
 
     return build

@@ -12,6 +12,7 @@ from ..core.console import progress as progress_bar
 from ..core.data import seeded_subset
 from ..core.errors import EdgetlError
 from ..core.images import decode_all, preprocess
+from ..core.runtime import INT8_WEIGHTS
 from ..core.rundir import META_FILE, MODEL_FILE, Run, sha256_file
 from ..model.graph import count_macs
 from ..model.load import load_int8_model, load_run_model, strip_quantization
@@ -39,6 +40,7 @@ class ExportContext:
     qat_graph: bool = False  # model.keras is a fake-quant graph (Run.qat_graph): int8 from its ranges
     int8_file: str = MODEL_FILE  # the Keras file `model` was loaded from
     float_ops: tuple = ()  # ops int8 files keep in float (export.control sets it per rung)
+    onnx_weights: str = INT8_WEIGHTS  # ONNX int8 weight encoding (export.convert.onnx_from_tflite)
     model_sha256: str = ""  # sha256 of the run's model.keras as loaded: every file and the manifest name it
     _calib_x: np.ndarray | None = None
     cache: dict = field(default_factory=dict)

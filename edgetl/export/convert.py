@@ -7,10 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.formats import Format
+from ..core.runtime import INT8_WEIGHTS
 from ..model.convert import INPUT_NAME, OUTPUT_NAME, calibrated_tflite, quantize_calibrated, serving_fn
 from ..model.tfenv import tf_and_keras, tflite_converter
 from .context import ExportContext
-from .onnx_int8 import bounded_pairs, unsigned_activations
+from .onnx_int8 import bounded_pairs, unsigned_activations, unsigned_weights
 
 
 def _tflite_converter(ctx: ExportContext, quantized: bool = False):
@@ -108,12 +109,13 @@ def onnx_int8(ctx: ExportContext, fmt: Format) -> bytes:
     ranges keeps the int8 ONNX within the TFLite int8 accuracy.
     Input/output stay float32 (QuantizeLinear/DequantizeLinear at the edges), the usual ONNX QDQ form.
     """
-    return onnx_from_tflite(tflite_int8_bytes(ctx, "float32"), fmt)
+    return onnx_from_tflite(tflite_int8_bytes(ctx, "float32"), fmt, ctx.onnx_weights)
 
 
-def onnx_from_tflite(tfl: bytes, fmt: Format) -> bytes:
-    """tf2onnx's conversion of a TFLite file (its converter reads a path), I/O renamed, s8 weights with
-    bounded pairs, u8 activations (export.onnx_int8)."""
+def onnx_from_tflite(tfl: bytes, fmt: Format, weights: str = INT8_WEIGHTS) -> bytes:
+    """tf2onnx's conversion of a TFLite file (its converter reads a path), I/O renamed, int8 weights in an
+    encoding no CPU can saturate (export.onnx_int8): `weights` "s8-pairs" (s8 with bounded pairs, u8
+    activations: fast on VNNI and ARM) or "u8" (u8 weights: exact, onnxruntime's u8 x u8 kernels)."""
     import tempfile
 
     import tf2onnx
@@ -123,15 +125,18 @@ def onnx_from_tflite(tfl: bytes, fmt: Format) -> bytes:
         p.write_bytes(tfl)
         proto, _ = tf2onnx.convert.from_tflite(str(p), opset=fmt.options.get("opset", 17))
     _rename_io(proto)
-    bounded_pairs(proto)
-    unsigned_activations(proto)
+    if weights == "u8":
+        unsigned_weights(proto)
+    else:
+        bounded_pairs(proto)
+        unsigned_activations(proto)
     return proto.SerializeToString()
 
 
 def converted(ctx: ExportContext, fmt: Format) -> bytes:
     """fmt's converter output (the registry row's converter), made once per export and set of float ops
     (the size budget's fp32 reference reuses it)."""
-    key = (fmt.name, ctx.float_ops if fmt.precision == "int8" else ())
+    key = (fmt.name, ctx.float_ops if fmt.precision == "int8" else (), ctx.onnx_weights if fmt.suffix == ".onnx" else "")
     if key not in ctx.cache:
         ctx.cache[key] = fmt.convert(ctx)
     return ctx.cache[key]

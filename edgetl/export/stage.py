@@ -19,6 +19,7 @@ from ..core.console import native_logs_aside, progress
 from ..core.errors import ArtifactCheckError, EdgetlError, describe, no_space
 from ..core.formats import FORMATS, FP32_OF, Format
 from ..core.rundir import MANIFEST_FILE, META_FILE
+from ..core.runtime import INT8_WEIGHTS
 from . import control as control_mod
 from . import manifest as manifest_file
 from .artifacts import compact_checked, embed
@@ -134,9 +135,40 @@ def make_artifact(ctx: ExportContext, fmt: Format, max_drop: float | None, size_
     return blob, meta, par, budget, control
 
 
+ONNX_WEIGHTS = (INT8_WEIGHTS, "u8")  # the fast encoding first; exact u8 where s8 pairs cost accuracy
+
+
 def _controlled(ctx: ExportContext, fmt: Format, max_drop: float | None):
-    """The int8 file of the first rung of the accuracy-control ladder that passes (export.control), its
-    metadata, parity and the ladder's record; ArtifactCheckError when no rung passes --max-drop."""
+    """The int8 file of the accuracy-control ladder (export.control), its metadata, parity and the ladder's
+    record; ArtifactCheckError when no rung passes --max-drop. An ONNX file whose ladder misses the target
+    with s8 weights in bounded pairs (coarser steps where pairs would saturate) climbs again with exact u8
+    weights, and the better of the two ships: the one that meets the target, else the higher val
+    agreement."""
+    if fmt.suffix != ".onnx":
+        return _ladder(ctx, fmt, max_drop)
+    results, failure = [], None
+    for weights in ONNX_WEIGHTS:
+        ctx.onnx_weights = weights
+        try:
+            out = _ladder(ctx, fmt, max_drop)
+        except ArtifactCheckError as e:
+            failure = failure or e
+            continue
+        out[3]["onnx_weights"] = weights
+        results.append((weights, ctx.float_ops, out))
+        if out[3]["result"] == "target met":
+            break
+    if not results:
+        raise failure
+    weights, ops, out = max(results, key=lambda r: (r[2][3]["result"] == "target met", r[2][2]["agreement"]))
+    ctx.onnx_weights, ctx.float_ops = weights, ops
+    if len(results) > 1 or weights != ONNX_WEIGHTS[0]:
+        out[3]["onnx_weights_tried"] = [r[0] for r in results]
+    return out
+
+
+def _ladder(ctx: ExportContext, fmt: Format, max_drop: float | None):
+    """One climb of the ladder for fmt with the context's encoding."""
     made: dict = {}
 
     def quantize(ops):
@@ -155,8 +187,9 @@ def _controlled(ctx: ExportContext, fmt: Format, max_drop: float | None):
         first = made.get(())
         why = drop_message(fmt, first[2]) if first else f"{fmt.name}: {record['rungs'][0].get('error')}"
         raise ArtifactCheckError(f"{why}; no rung of the accuracy control passed (up to "
-                                 f"{max(len(r['float_ops']) for r in record['rungs'])} ops in float): try "
-                                 "`edgetl train --qat`, more training images, or a higher --max-drop")
+                                 f"{max(len(r['float_ops']) for r in record['rungs'])} ops in float"
+                                 + (", s8 and u8 weights" if fmt.suffix == ".onnx" else "")
+                                 + "): try `edgetl train --qat`, more training images, or a higher --max-drop")
     ctx.float_ops = chosen.float_ops
     blob, meta, par = made[chosen.float_ops]
     if chosen.float_ops:
