@@ -30,7 +30,7 @@ The ladder, for TFLite and ONNX alike (an ONNX int8 file is converted from the T
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -65,7 +65,6 @@ class Rung:
     noise: float | None = None  # mean squared change of the head's logits (estimate's samples)
     cut: float = 0.0  # share of the plain file's head noise this rung removes
     error: str | None = None  # why the file could not be made or checked
-    extra: dict = field(default_factory=dict)
 
     @property
     def passes_drop(self) -> bool:
@@ -145,8 +144,8 @@ def features(ctx: ExportContext) -> _Features:
 
 
 def ranking(ctx: ExportContext, quantize) -> list[tuple[str, float]]:
-    """(op name, share of the plain file's feature noise that keeping it alone in float removes), most
-    sensitive first; ops after the pooled features are not ranked. quantize(float_ops) -> TFLite bytes."""
+    """(op name, share of the plain file's head noise (`_Features.noise`) that keeping it alone in float
+    removes), most sensitive first; ops after the pooled features are not ranked. quantize(float_ops) -> TFLite bytes."""
     if "control-ranking" not in ctx.cache:
         feats = features(ctx)
         plain = feats.noise(quantize(()))
