@@ -210,7 +210,10 @@ def run_ladder(ctx: ExportContext, quantize, check) -> tuple[Rung | None, dict]:
         r = Rung(ops, [short_name(n) for n in ops])
         try:
             r.parity = check(ops)
-            r.estimate, r.noise = feats.estimate(quantize(ops))
+            key = ("control-estimate", ops)  # the TFLite twin's: the same for both families and encodings
+            if key not in ctx.cache:
+                ctx.cache[key] = feats.estimate(quantize(ops))
+            r.estimate, r.noise = ctx.cache[key]
             if tried and tried[0].noise:
                 r.cut = 1.0 - r.noise / tried[0].noise
         except (ArtifactCheckError, EdgetlError) as e:
