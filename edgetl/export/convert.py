@@ -11,7 +11,7 @@ from ..core.runtime import INT8_WEIGHTS
 from ..model.convert import INPUT_NAME, OUTPUT_NAME, calibrated_tflite, quantize_calibrated, serving_fn
 from ..model.tfenv import tf_and_keras, tflite_converter
 from .context import ExportContext
-from .onnx_int8 import bounded_pairs, unsigned_activations, unsigned_weights
+from .onnx_int8 import bounded_pairs, float_layers_kept_float, unsigned_activations, unsigned_weights
 
 
 def _tflite_converter(ctx: ExportContext, quantized: bool = False):
@@ -130,6 +130,7 @@ def onnx_from_tflite(tfl: bytes, fmt: Format, weights: str = INT8_WEIGHTS) -> by
     else:
         bounded_pairs(proto)
         unsigned_activations(proto)
+    float_layers_kept_float(proto)
     return proto.SerializeToString()
 
 

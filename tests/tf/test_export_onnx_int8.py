@@ -135,3 +135,51 @@ def test_onnx_int8_with_saturating_weights_is_refused(tiny_exported):
     nothing = np.zeros((0, 32, 32, 3), np.float32)
     with pytest.raises(ArtifactCheckError, match=r"GEMM layer.* s8 weight pairs over \|w1\| \+ \|w2\| <= 128 .* saturate"):
         check_onnx_sessions(FORMATS["onnx-int8"], proto.SerializeToString(), nothing[:, 0, 0, :2], nothing)
+
+
+def _dq_conv_graph(w: np.ndarray):
+    """input -> QuantizeLinear -> DequantizeLinear -> depthwise Conv with float weights `w` ->
+    QuantizeLinear -> DequantizeLinear: a layer kept in float between int8 ones."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    c = w.shape[0]
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z"),
+             numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.linspace(-1, 1, c).astype(np.float32), "b")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"]),
+             helper.make_node("Conv", ["dq", "w", "b"], ["conv"], group=c, pads=[1, 1, 1, 1]),
+             helper.make_node("QuantizeLinear", ["conv", "s", "z"], ["q2"]),
+             helper.make_node("DequantizeLinear", ["q2", "s", "z"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 6, 6])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _session_out(proto, x, optimize: bool) -> np.ndarray:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize \
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    s = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return s.run(None, {"x": x})[0]
+
+
+def test_a_layer_kept_in_float_runs_in_float():
+    """A float conv between int8 layers gives the same outputs in a default onnxruntime session as with
+    every graph rewrite off: its weights (channel scales 1e-3 to 5: per-tensor int8 would round the
+    small channels to zero) are not quantized on the way."""
+    from edgetl.export.onnx_int8 import float_layers_kept_float
+
+    rng = np.random.default_rng(0)
+    c = 8
+    w = (rng.standard_normal((c, 1, 3, 3)) * np.logspace(-3, np.log10(5), c)[:, None, None, None]).astype(np.float32)
+    x = rng.uniform(-3, 3, (1, c, 6, 6)).astype(np.float32)
+    proto = _dq_conv_graph(w)
+    reference = _session_out(proto, x, optimize=False)
+    assert float_layers_kept_float(proto) == 1
+    assert float_layers_kept_float(proto) == 0  # its input is per-channel now: nothing left to do
+    # at most one output step (0.05) apart, where float sums in another order round the other way
+    assert np.abs(_session_out(proto, x, optimize=True) - reference).max() <= 0.05 + 1e-6
+    np.testing.assert_array_equal(_session_out(proto, x, optimize=False), reference)
