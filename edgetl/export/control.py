@@ -18,8 +18,10 @@ The ladder, for TFLite and ONNX alike (an ONNX int8 file is converted from the T
    agrees with the model on at least VAL_AGREEMENT of val, and either its estimated agreement on unseen
    images is at least TARGET_AGREEMENT or it removes at least NOISE_CUT of the plain file's head noise
    (on calibration and val images). The estimate adds every measured noise sample (int8 minus float
-   features of a calibration or val image) to every val image's float features and counts how often the
-   head's top-1 class flips: label-free, with far more samples than a small val split has images. It is
+   features of a calibration or val image, read from the candidate file itself: an ONNX file's s8 weight
+   pairs add noise its TFLite twin does not have) to every val image's float features and counts how
+   often the head's top-1 class flips: label-free, with far more samples than a small val split has
+   images. It is
    what decides whether the plain file is enough; near-ties set a floor under it that no op in float
    lifts much, so the ladder's own goal is the share of head noise removed.
 4. Rungs are tried in order (the plain file, then the top 1, 2, ... ranked ops, at most MAX_FLOAT_OPS);
@@ -37,11 +39,11 @@ import numpy as np
 from ..core.flatbuffer import op_list, short_name
 from ..core.errors import ArtifactCheckError, EdgetlError
 from ..core.formats import FORMATS
-from ..core.runtime import TFLiteRunner
+from ..core.runtime import ONNXRunner, TFLiteRunner
 from ..model.graph import cut_layer, top_model
 from ..model.predict import predict
 from .context import ExportContext
-from .convert import calibrated, tflite_int8_bytes
+from .convert import calibrated, converted, tflite_int8_bytes
 
 TARGET_AGREEMENT = 0.985  # estimated top-1 agreement with the model on unseen images
 VAL_AGREEMENT = 0.97  # measured top-1 agreement on val
@@ -112,17 +114,35 @@ class _Features:
         index = (TFLiteRunner(named, FORMATS["tflite-int8"]) if named is not None else r).tensor(prefix)["index"]
         return _flat(r.tensor_values(x, next(d for d in r.interp.get_tensor_details() if d["index"] == index)))
 
+    def onnx_int8(self, blob: bytes, x: np.ndarray) -> np.ndarray:
+        """An ONNX int8 file's features at the cut for x (the DequantizeLinear named after the cut made an
+        output of the converter's file), in the session every ONNX file gets (core.runtime.ONNXRunner)."""
+        import onnx
+        from onnx import TensorProto, helper
+
+        proto = onnx.load_from_string(blob)
+        prefix = f"{self.model.name}/{self.cut}"
+        names = [n.output[0] for n in proto.graph.node
+                 if n.op_type == "DequantizeLinear" and n.output[0].startswith(prefix)]
+        if not names:
+            raise ArtifactCheckError(f"onnx-int8: no tensor named after {prefix} to read the features from")
+        proto.graph.output.append(helper.make_tensor_value_info(names[-1], TensorProto.FLOAT, None))
+        r = ONNXRunner(proto.SerializeToString(), FORMATS["onnx-int8"])
+        return _flat(np.concatenate([r.sess.run([names[-1]], {r.in_name: r.to_input(x[i:i + 1])})[0]
+                                     for i in range(len(x))]))
+
     def noise(self, tfl: bytes) -> float:
         """Mean squared change of the head's logits (centred per image) that the int8 features cause, on
         the ranking images."""
         d = self.logits(self.int8(tfl, self.rank_x)) - self.z_rank
         return float(((d - d.mean(1, keepdims=True)) ** 2).mean())
 
-    def estimate(self, tfl: bytes, named: bytes | None = None, chunk: int = 20) -> tuple[float, float]:
-        """(estimated top-1 agreement of the int8 file with the model on unseen images, its head noise).
-        The estimate adds every noise sample (int8 minus float features of one image) to every val image's
-        float features and runs the model's own head; the head noise is `noise()` on the same samples."""
-        e = self.int8(tfl, self.noise_x, named) - self.f_noise
+    def estimate(self, int8_features, chunk: int = 20) -> tuple[float, float]:
+        """(estimated top-1 agreement of an int8 file with the model on unseen images, its head noise), from
+        int8_features(x), the file's features at the cut. The estimate adds every noise sample (int8 minus
+        float features of one image) to every val image's float features and runs the model's own head;
+        the head noise is `noise()` on the same samples."""
+        e = int8_features(self.noise_x) - self.f_noise
         d = self.logits(self.f_noise + e) - self.z_noise
         head_noise = float(((d - d.mean(1, keepdims=True)) ** 2).mean())
         flips = 0
@@ -196,11 +216,29 @@ def describe(r: Rung) -> dict:
     return out
 
 
-def run_ladder(ctx: ExportContext, quantize, check) -> tuple[Rung | None, dict]:
-    """Try the rungs in order. quantize(float_ops) -> the TFLite bytes the estimate reads; check(float_ops)
-    -> the candidate file's parity (its 'ok' says whether it passes --max-drop; raises ArtifactCheckError
-    when the file cannot be made or checked). Returns (chosen rung or None, the record for the manifest)."""
-    feats = features(ctx)
+def rung_estimate(ctx: ExportContext, fmt, ops: tuple, quantize) -> tuple[float, float]:
+    """(estimated agreement, head noise) of fmt's file with `ops` in float, measured on that file itself:
+    the TFLite file of the rung (quantize(ops)), or for ONNX the converter's file in the context's weight
+    encoding (whose s8 pairs add noise of their own). Made once per export."""
+    onnx = fmt.suffix == ".onnx"
+    key = ("control-estimate", ctx.onnx_weights if onnx else "tflite", ops)
+    if key not in ctx.cache:
+        feats = features(ctx)
+        if onnx:
+            ctx.float_ops = tuple(ops)
+            blob = converted(ctx, fmt)
+            ctx.cache[key] = feats.estimate(lambda x: feats.onnx_int8(blob, x))
+        else:
+            tfl = quantize(ops)
+            ctx.cache[key] = feats.estimate(lambda x: feats.int8(tfl, x))
+    return ctx.cache[key]
+
+
+def run_ladder(ctx: ExportContext, fmt, quantize, check) -> tuple[Rung | None, dict]:
+    """Try fmt's rungs in order. quantize(float_ops) -> the rung's TFLite bytes (ranking reads them);
+    check(float_ops) -> the candidate file's parity (its 'ok' says whether it passes --max-drop; raises
+    ArtifactCheckError when the file cannot be made or checked). Returns (chosen rung or None, the record
+    for the manifest)."""
     tried: list[Rung] = []
     ranked: list = []
     ladder = [()]
@@ -210,10 +248,7 @@ def run_ladder(ctx: ExportContext, quantize, check) -> tuple[Rung | None, dict]:
         r = Rung(ops, [short_name(n) for n in ops])
         try:
             r.parity = check(ops)
-            key = ("control-estimate", ops)  # the TFLite twin's: the same for both families and encodings
-            if key not in ctx.cache:
-                ctx.cache[key] = feats.estimate(quantize(ops))
-            r.estimate, r.noise = ctx.cache[key]
+            r.estimate, r.noise = rung_estimate(ctx, fmt, ops, quantize)
             if tried and tried[0].noise:
                 r.cut = 1.0 - r.noise / tried[0].noise
         except (ArtifactCheckError, EdgetlError) as e:
@@ -235,13 +270,16 @@ def run_ladder(ctx: ExportContext, quantize, check) -> tuple[Rung | None, dict]:
     return chosen, record
 
 
-def budget_estimate(ctx: ExportContext, layers: list[int]) -> float:
-    """Estimated agreement of the current rung's file with per-tensor weight scales in `layers`
-    (export.requantize), the size budget's rewrite."""
+def budget_estimate(ctx: ExportContext, layers: list[int]) -> tuple[float, float]:
+    """(estimated agreement of the current rung's TFLite file with per-tensor weight scales in `layers`
+    (export.requantize, the size budget's rewrite), the same file's without): both families' budget
+    files come from that TFLite file."""
     from .requantize import per_tensor
 
     src = tflite_int8_bytes(ctx, "float32")
-    return features(ctx).estimate(per_tensor(src, layers), named=src)[0]
+    small, feats = per_tensor(src, layers), features(ctx)
+    rung = rung_estimate(ctx, FORMATS["tflite-int8"], ctx.float_ops, lambda ops: src)[0]
+    return feats.estimate(lambda x: feats.int8(small, x, named=src))[0], rung
 
 
 def latency_ratio(fmt, plain: bytes, chosen: bytes) -> float:

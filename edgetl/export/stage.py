@@ -181,7 +181,7 @@ def _ladder(ctx: ExportContext, fmt: Format, max_drop: float | None):
         made[ops] = (blob, meta, parity(ctx, fmt, blob, max_drop, check=False))
         return made[ops][2]
 
-    chosen, record = control_mod.run_ladder(ctx, quantize, check)
+    chosen, record = control_mod.run_ladder(ctx, fmt, quantize, check)
     if chosen is None:
         ctx.float_ops = ()
         first = made.get(())
@@ -201,14 +201,13 @@ def _ladder(ctx: ExportContext, fmt: Format, max_drop: float | None):
 
 def _keep_control(ctx: ExportContext, control: dict | None, per_channel: tuple, small: tuple) -> tuple:
     """The size budget's file, unless it gives up the accuracy control's estimated agreement (more than
-    control.BUDGET_SLACK below the chosen rung's, where that rung is under the target): then the
-    per-channel file with the budget marked not met."""
+    control.BUDGET_SLACK below the chosen rung's TFLite file, which both families' budget files come
+    from, where that rung is under the target): then the per-channel file with the budget marked not met."""
     blob, meta, par, budget = small
     if control is None or not budget or not budget.get("per_tensor_layers"):
         return small
-    est = control_mod.budget_estimate(ctx, [L["layer"] for L in budget["per_tensor_layers"]])
-    chosen = next(r for r in control["rungs"] if r["float_ops"] == control["float_ops"])
-    floor = min(control_mod.TARGET_AGREEMENT, chosen["estimated_agreement"] or 0.0) - control_mod.BUDGET_SLACK
+    est, rung = control_mod.budget_estimate(ctx, [L["layer"] for L in budget["per_tensor_layers"]])
+    floor = min(control_mod.TARGET_AGREEMENT, rung) - control_mod.BUDGET_SLACK
     budget["estimated_agreement"] = round(est, 4)
     if est >= floor:
         return small
