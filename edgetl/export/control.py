@@ -27,7 +27,8 @@ The ladder, for TFLite and ONNX alike (an ONNX int8 file is converted from the T
 4. Rungs are tried in order (the plain file, then the top 1, 2, ... ranked ops, at most MAX_FLOAT_OPS);
    the first that meets the target ships. Without one, the rung that passes --max-drop and removes the
    most head noise ships (ops in float only from MIN_CUT on) and the missed target is said; exit 3 only
-   when no rung passes --max-drop.
+   when no rung passes --max-drop. A file whose ops in float make it more than MAX_LATENCY slower than
+   the plain file (timed here, alternately) is passed over for the next choice: int8 is for speed.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ RANK_IMAGES = 64  # calibration images the ranking measures the noise on
 ESTIMATE_NOISE = 200  # noise samples (calibration + val images) the estimate resamples
 ESTIMATE_VAL = 300  # val images the estimate resamples onto
 BUDGET_SLACK = 0.01  # estimated agreement the size budget's per-tensor scales may give up
-LATENCY_CALLS = 30  # batch-1 calls per file when the cost of the float ops is timed
+MAX_LATENCY = 1.10  # a file with ops in float may be this much slower than the plain int8 file
+LATENCY_CALLS = 60  # batch-1 calls per file when the cost of the float ops is timed
 HEAD_OPS = ("MEAN", "FULLY_CONNECTED", "SOFTMAX", "RESHAPE")  # after the pooled features: not ranked
 
 
@@ -67,6 +69,7 @@ class Rung:
     noise: float | None = None  # mean squared change of the head's logits (estimate's samples)
     cut: float = 0.0  # share of the plain file's head noise this rung removes
     error: str | None = None  # why the file could not be made or checked
+    latency: float | None = None  # p50 latency over the plain file's, where measured
 
     @property
     def passes_drop(self) -> bool:
@@ -188,20 +191,31 @@ def rungs(ranked: list[tuple[str, float]]) -> list[tuple]:
     return [()] + [tuple(useful[:k]) for k in range(1, len(useful) + 1)]
 
 
-def choose(tried: list[Rung]) -> tuple[Rung | None, str]:
+def choose(tried: list[Rung], latency=None) -> tuple[Rung | None, str]:
     """The rung that ships and why: the first that meets the target; else, of those that pass --max-drop,
     the one that removes the most head noise (ops in float only if that is at least MIN_CUT); None when no
-    rung passes --max-drop."""
-    for r in tried:
-        if r.meets_target:
-            return r, "target met"
+    rung passes --max-drop. latency(rung) -> its file's latency over the plain file's: a rung with ops in
+    float slower than MAX_LATENCY is passed over for the next choice (it gives up what the int8 file is
+    for), unless every passing rung is."""
+    def fast(r: Rung) -> bool:
+        if not r.float_ops or latency is None:
+            return True
+        if r.latency is None:
+            r.latency = latency(r)
+        return r.latency is None or r.latency <= MAX_LATENCY
+
+    met = next((r for r in tried if r.meets_target), None)
+    if met is not None and fast(met):
+        return met, "target met"
     passing = [r for r in tried if r.passes_drop]
     if not passing:
         return None, "no rung passes --max-drop"
-    best = max(passing, key=lambda r: (r.cut, -len(r.float_ops)))
-    if best.cut < MIN_CUT and any(not r.float_ops for r in passing):
-        best = next(r for r in passing if not r.float_ops)
-    return best, "target missed"
+    for r in sorted(passing, key=lambda r: (-r.cut, len(r.float_ops))):
+        if r.float_ops and r.cut < MIN_CUT and any(not p.float_ops for p in passing):
+            continue
+        if r is not met and fast(r):
+            return r, "target missed"
+    return min(passing, key=lambda r: len(r.float_ops)), "target missed"
 
 
 def describe(r: Rung) -> dict:
@@ -211,6 +225,8 @@ def describe(r: Rung) -> dict:
     if r.parity is not None:
         out.update(accuracy=r.parity["accuracy"], agreement=r.parity["agreement"],
                    drop_points=r.parity["drop_points"], ok=bool(r.parity.get("ok")))
+    if r.latency is not None:
+        out["latency_ratio"] = r.latency
     if r.error:
         out["error"] = r.error
     return out
@@ -234,11 +250,12 @@ def rung_estimate(ctx: ExportContext, fmt, ops: tuple, quantize) -> tuple[float,
     return ctx.cache[key]
 
 
-def run_ladder(ctx: ExportContext, fmt, quantize, check) -> tuple[Rung | None, dict]:
+def run_ladder(ctx: ExportContext, fmt, quantize, check, latency=None) -> tuple[Rung | None, dict]:
     """Try fmt's rungs in order. quantize(float_ops) -> the rung's TFLite bytes (ranking reads them);
     check(float_ops) -> the candidate file's parity (its 'ok' says whether it passes --max-drop; raises
-    ArtifactCheckError when the file cannot be made or checked). Returns (chosen rung or None, the record
-    for the manifest)."""
+    ArtifactCheckError when the file cannot be made or checked); latency(float_ops) -> the candidate
+    file's latency over the plain file's (`choose`). Returns (chosen rung or None, the record for the
+    manifest)."""
     tried: list[Rung] = []
     ranked: list = []
     ladder = [()]
@@ -260,9 +277,9 @@ def run_ladder(ctx: ExportContext, fmt, quantize, check) -> tuple[Rung | None, d
             ranked = ranking(ctx, quantize)
             ladder = rungs(ranked)
         i += 1
-    chosen, why = choose(tried)
+    chosen, why = choose(tried, None if latency is None else lambda r: latency(r.float_ops))
     record = {"target": {"estimated_agreement": TARGET_AGREEMENT, "noise_cut": NOISE_CUT,
-                         "val_agreement": VAL_AGREEMENT},
+                         "val_agreement": VAL_AGREEMENT, "max_latency_ratio": MAX_LATENCY},
               "result": why, "rungs": [describe(r) for r in tried],
               "float_ops": list(chosen.labels) if chosen else None}
     if ranked:
@@ -290,6 +307,8 @@ def latency_ratio(fmt, plain: bytes, chosen: bytes) -> float:
     runners = [fmt.runner_class()(b, fmt) for b in (plain, chosen)]
     x = np.zeros((1, *runners[0].io()["in_shape"][1:]), np.float32)
     xs = [r.to_input(x) for r in runners]
+    for r, xi in zip(runners, xs):  # warm-up: first calls pay for allocations
+        r.run(xi)
     times: list[list[float]] = [[], []]
     for _ in range(LATENCY_CALLS):
         for i, r in enumerate(runners):

@@ -181,7 +181,11 @@ def _ladder(ctx: ExportContext, fmt: Format, max_drop: float | None):
         made[ops] = (blob, meta, parity(ctx, fmt, blob, max_drop, check=False))
         return made[ops][2]
 
-    chosen, record = control_mod.run_ladder(ctx, fmt, quantize, check)
+    def latency(ops):
+        plain = made.get(())
+        return control_mod.latency_ratio(fmt, plain[0], made[ops][0]) if plain else None
+
+    chosen, record = control_mod.run_ladder(ctx, fmt, quantize, check, latency)
     if chosen is None:
         ctx.float_ops = ()
         first = made.get(())
@@ -195,7 +199,7 @@ def _ladder(ctx: ExportContext, fmt: Format, max_drop: float | None):
     if chosen.float_ops:
         plain = made.get(())
         record["bytes_added"] = len(blob) - len(plain[0]) if plain else None
-        record["latency_ratio"] = control_mod.latency_ratio(fmt, plain[0], blob) if plain else None
+        record["latency_ratio"] = chosen.latency
     return blob, meta, par, record
 
 
@@ -270,9 +274,15 @@ def _control_note(name: str, c: dict) -> list[str]:
         return []
     est = chosen.get("estimated_agreement")
     said = f"estimated agreement with the model on unseen images {100 * est:.1f}%" if est is not None else ""
+    limit = c["target"].get("max_latency_ratio")
+    slow = [r for r in c["rungs"] if limit and (r.get("latency_ratio") or 0) > limit]
+    if slow:
+        said += (f"; {len(slow[-1]['float_ops'])} ops in float would cost latency x{slow[-1]['latency_ratio']:.2f}, "
+                 f"over the x{limit:.2f} limit")
     if not c["float_ops"]:
         return [] if c["result"] == "target met" else [f"{name}: accuracy-control target missed ({said}); "
-                                                        "no op kept in float helped"]
+                                                        + ("no op kept in float helped" if not slow else
+                                                           "kept fully int8")]
     k = len(c["float_ops"])
     cost = []
     if c.get("bytes_added") is not None:

@@ -401,8 +401,8 @@ def _rung(ops, ok=True, agreement=1.0, estimate=1.0, cut=0.0):
 def test_the_control_ships_the_first_rung_that_meets_the_target_else_the_least_noise():
     """The first rung that passes --max-drop, agrees on val and is estimated to agree on unseen images (or
     removes enough of the head's int8 noise) ships; without one, the passing rung that removes the most
-    noise (ops in float only for a real cut); none when no rung passes --max-drop."""
-    from edgetl.export.control import MIN_CUT, NOISE_CUT, TARGET_AGREEMENT, choose, rungs
+    noise (ops in float only for a real cut) and is fast enough; none when no rung passes --max-drop."""
+    from edgetl.export.control import MAX_LATENCY, MIN_CUT, NOISE_CUT, TARGET_AGREEMENT, choose, rungs
 
     low = TARGET_AGREEMENT - 0.01
     tried = [_rung([], estimate=low), _rung(["a"], estimate=low, cut=NOISE_CUT / 2),
@@ -417,6 +417,19 @@ def test_the_control_ships_the_first_rung_that_meets_the_target_else_the_least_n
     tried = [_rung([], ok=False, estimate=low), _rung(["a"], estimate=low, cut=0.01), _rung(["a", "b"], ok=False)]
     assert choose(tried) == (tried[1], "target missed")
     assert choose([_rung([], ok=False), _rung(["a"], ok=False)]) == (None, "no rung passes --max-drop")
+    # a rung slower than MAX_LATENCY x the plain file is passed over for the next choice
+    tried = [_rung([], estimate=low), _rung(["a"], estimate=low, cut=NOISE_CUT / 2),
+             _rung(["a", "b"], estimate=TARGET_AGREEMENT)]
+    slow = {("a", "b"): MAX_LATENCY + 0.2, ("a",): MAX_LATENCY - 0.05}
+    assert choose(tried, lambda r: slow[r.float_ops]) == (tried[1], "target missed")
+    assert tried[2].latency == MAX_LATENCY + 0.2
+    slow[("a",)] = MAX_LATENCY + 0.1
+    tried = [_rung([], estimate=low), _rung(["a"], estimate=low, cut=NOISE_CUT / 2),
+             _rung(["a", "b"], estimate=TARGET_AGREEMENT)]
+    assert choose(tried, lambda r: slow[r.float_ops]) == (tried[0], "target missed")
+    tried = [_rung([], ok=False), _rung(["a"], estimate=low, cut=NOISE_CUT / 2),
+             _rung(["a", "b"], estimate=TARGET_AGREEMENT)]  # every passing rung slow: still a file
+    assert choose(tried, lambda r: slow[r.float_ops]) == (tried[1], "target missed")
     assert rungs([("a", 0.5), ("b", 0.2), ("c", 0.0)]) == [(), ("a",), ("a", "b")]
 
 
