@@ -402,7 +402,7 @@ def test_the_control_ships_the_first_rung_that_meets_the_target_else_the_least_n
     """The first rung that passes --max-drop, agrees on val and is estimated to agree on unseen images (or
     removes enough of the head's int8 noise) ships; without one, the passing rung that removes the most
     noise (ops in float only for a real cut) and is fast enough; none when no rung passes --max-drop."""
-    from edgetl.export.control import MAX_LATENCY, MIN_CUT, NOISE_CUT, TARGET_AGREEMENT, choose, rungs
+    from edgetl.export.control import MAX_LATENCY, MIN_CUT, NOISE_CUT, TARGET_AGREEMENT, choose, min_cut, rungs
 
     low = TARGET_AGREEMENT - 0.01
     tried = [_rung([], estimate=low), _rung(["a"], estimate=low, cut=NOISE_CUT / 2),
@@ -414,6 +414,10 @@ def test_the_control_ships_the_first_rung_that_meets_the_target_else_the_least_n
     assert choose(tried) == (tried[2], "target missed")
     tried = [_rung([], estimate=low), _rung(["a"], estimate=low, cut=MIN_CUT / 2)]  # too small a cut
     assert choose(tried) == (tried[0], "target missed")
+    four = ["a", "b", "c", "d"]  # a cut spread thin over many ops does not pay for them
+    tried = [_rung([], estimate=low), _rung(four[:2], estimate=low, cut=min_cut(2)), _rung(four, estimate=low,
+                                                                                        cut=min_cut(4) - 0.01)]
+    assert min_cut(4) > min_cut(2) >= MIN_CUT and choose(tried) == (tried[1], "target missed")
     tried = [_rung([], ok=False, estimate=low), _rung(["a"], estimate=low, cut=0.01), _rung(["a", "b"], ok=False)]
     assert choose(tried) == (tried[1], "target missed")
     assert choose([_rung([], ok=False), _rung(["a"], ok=False)]) == (None, "no rung passes --max-drop")
