@@ -21,6 +21,7 @@ from ..core.artifact import embed_onnx, embed_tflite
 from ..core.flatbuffer import compact_tflite
 from ..core.formats import FORMATS
 from ..core.rundir import write_bytes, write_json
+from ..core.runtime import INT8_WEIGHTS
 from ..model import backbone
 from ..model.bn import calibrate_random_bn
 from ..model.graph import assemble, build_head, count_macs
@@ -67,9 +68,10 @@ class Prober:
         base.trainable = False
         model = assemble(base, build_head(int(base.output_shape[-1]), len(classes), head, 0.0, self.seed))
         calib = images.preprocess(calib_px, spec)
-        # the registry's converter reads these attributes of export's context (a float model, no QAT)
+        # the registry's converter reads these attributes of export's context (a float model, no QAT, the
+        # plain int8 file: no op kept in float, the default ONNX int8 weight encoding)
         ctx = SimpleNamespace(model=model, float_model=model, size=size, cache={}, qat_graph=False,
-                              calibration_inputs=lambda: calib)
+                              calibration_inputs=lambda: calib, float_ops=(), onnx_weights=INT8_WEIGHTS)
         raw = f.convert(ctx)
         macs = count_macs(model)
         meta = {"format": fmt, "classes": list(classes), "preprocessing": spec, "macs": macs,

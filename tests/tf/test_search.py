@@ -127,3 +127,20 @@ def test_search_on_ray_reports_what_a_local_search_reports(tiny_data, tmp_path):
         assert a["config"] == b["config"] and a["val_accuracy"] == b["val_accuracy"]  # trained the same way
         assert a["size_mb"] == b["size_mb"] and a["latency_source"] == b["latency_source"] == "measured"
     assert ray["best"]["config"] == local["best"]["config"]
+
+
+@pytest.mark.parametrize("fmt", ["tflite-int8", "onnx-int8", "onnx-fp32"])
+def test_every_searchable_format_is_probed(tmp_path, fmt):
+    """The probe converts with export's own converter for every format search offers (the registry's
+    EXPORT_FORMATS), int8 files included, and measures the file in bench's worker."""
+    import numpy as np
+
+    from edgetl.core.formats import EXPORT_FORMATS
+    from edgetl.search.probe import Prober
+
+    assert fmt in EXPORT_FORMATS
+    prober = Prober(tmp_path, {"path": None, "source": "random"}, 0, 1, run_worker, None, None, 0.05)
+    calib = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    got = prober.get(0.35, 32, "linear", fmt, ["a", "b"], calib)
+    assert got["size_mb"] > 0 and got["latency_ms"] > 0 and got["latency_source"] == "measured"
+    assert (tmp_path / "probes" / got["file"].split("/")[-1]).is_file()
