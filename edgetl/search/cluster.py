@@ -47,7 +47,7 @@ def run_on_ray(cfg, p, measure, profile, console, n_startup: int, deadline: floa
         def on_trial_complete(self, trial_id, result=None, error=False):
             ot = self._ot_trials.get(trial_id)
             if ot is not None and result and "val_accuracy" in result:
-                res = {k: result[k] for k in ("val_accuracy", "best_epoch", "latency_ms", "latency_source",
+                res = {k: result[k] for k in ("val_accuracy", "n_val", "best_epoch", "latency_ms", "latency_source",
                                                "size_mb", "ram_mb", "threads", "macs", "head_seconds", "seconds")}
                 res["constraints"] = [result[f"constraint_{k}"] for k in CONSTRAINTS]
                 record(ot, res)

@@ -125,11 +125,11 @@ def build_report(cfg: SearchConfig, p: Prepared, study, profile, seconds: float)
         rows.append({"number": t.number, "config": config, "val_accuracy": t.value, "via": u.get("via", "optuna"),
                      "latency_ms": u.get("latency_ms"), "latency_source": u.get("latency_source"),
                      "threads": u.get("threads"), "size_mb": u.get("size_mb"), "ram_mb": u.get("ram_mb"),
-                     "macs": u.get("macs"), "seconds": u.get("seconds"),
+                     "macs": u.get("macs"), "seconds": u.get("seconds"), "n_val": u.get("n_val"),
                      "feasible": all(c <= 0 for c in cons),
                      "misses": {k: round(c, 4) for k, c in zip(("latency_ms", "size_mb", "ram_mb"), cons) if c > 0}})
     feasible = [r for r in rows if r["feasible"]]
-    best = max(feasible, key=lambda r: (r["val_accuracy"], -r["latency_ms"], -r["size_mb"]), default=None)
+    best = choose_best(feasible)
     closest = None
     if best is None and rows:
         budget = {"latency_ms": cfg.max_latency_ms, "size_mb": cfg.max_size_mb, "ram_mb": cfg.max_ram_mb}
@@ -152,6 +152,19 @@ def build_report(cfg: SearchConfig, p: Prepared, study, profile, seconds: float)
         "closest": None if closest is None else {"trial": closest["number"], "misses": closest["misses"],
                                                  "config": closest["config"]},
     }
+
+
+def choose_best(feasible: list[dict]) -> dict | None:
+    """The feasible trial that ships: the fastest (then smallest) of those within one val image of the
+    highest val accuracy. Of 30 configurations scored on the same ~150 val images the top one is partly
+    luck (flowers12: the only trial at 144 of 144 scored 0.950 on test, the default model 0.975), so a
+    difference of one image does not outweigh latency."""
+    if not feasible:
+        return None
+    top = max(r["val_accuracy"] for r in feasible)
+    n_val = max((r.get("n_val") or 0) for r in feasible)
+    near = [r for r in feasible if r["val_accuracy"] >= top - (1.0 / n_val if n_val else 0.0) - 1e-9]
+    return min(near, key=lambda r: (r["latency_ms"], r["size_mb"], -r["val_accuracy"], r["number"]))
 
 
 def record_best_run(out: Path, run_path: Path, run_meta: dict, manifest: dict, fmt: str) -> dict:

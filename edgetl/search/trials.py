@@ -141,7 +141,8 @@ class Searcher:
                            f"+{views} views {fmt}: val accuracy [bold]{acc:.3f}[/], {pr['latency_ms']:.2f} ms "
                            f"({pr['latency_source']}), {pr['size_mb']:.2f} MB, {pr['ram_mb']:.0f} MB RAM"
                            f"{'' if feasible else ' [yellow](over budget)[/]'}", highlight=False)
-        return {"val_accuracy": acc, "best_epoch": hist["best_epoch"], "latency_ms": pr["latency_ms"],
+        return {"val_accuracy": acc, "n_val": int(len(s.va_y)), "best_epoch": hist["best_epoch"],
+                "latency_ms": pr["latency_ms"],
                 "latency_source": pr["latency_source"], "size_mb": pr["size_mb"], "ram_mb": pr["ram_mb"],
                 "threads": pr["threads"], "macs": pr["macs"], "head_seconds": round(head_s, 3),
                 "seconds": round(time.perf_counter() - t0, 3), "constraints": misses}
