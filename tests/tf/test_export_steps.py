@@ -506,3 +506,32 @@ def test_first_failure_stops_the_export_and_is_recorded(ctx, tmp_path, monkeypat
     assert not list(run.path.glob("*.tflite"))
     m = run.manifest["artifacts"]
     assert list(m) == ["tflite-fp32"] and m["tflite-fp32"]["status"] == "failed"
+
+
+def test_onnx_keeps_the_fast_encoding_unless_exact_weights_clearly_agree_better(monkeypatch):
+    """ONNX int8 tries s8 bounded-pair weights first; when their ladder misses the target, exact u8 weights
+    ship only with an estimated agreement ENCODING_MARGIN higher (u8 runs without VNNI kernels), or when
+    they meet the target; a val split's one image does not decide it."""
+    from types import SimpleNamespace
+
+    from edgetl.core.formats import FORMATS
+    from edgetl.export import stage
+
+    est: dict = {}
+
+    def ladder(ctx, fmt, max_drop):
+        e = est[ctx.onnx_weights]
+        record = {"result": "target met" if e >= 0.99 else "target missed", "float_ops": [],
+                  "rungs": [{"float_ops": [], "estimated_agreement": e}]}
+        return b"", {}, {"agreement": 1.0 if ctx.onnx_weights == "u8" else 0.9}, record
+
+    monkeypatch.setattr(stage, "_ladder", ladder)
+    ctx = SimpleNamespace(onnx_weights=None, float_ops=())
+    onnx = FORMATS["onnx-int8"]
+    est.update({"s8-pairs": 0.980, "u8": 0.980 + stage.ENCODING_MARGIN / 2})
+    assert stage._controlled(ctx, onnx, None)[3]["onnx_weights"] == "s8-pairs" == ctx.onnx_weights
+    est["u8"] = 0.980 + 2 * stage.ENCODING_MARGIN
+    assert stage._controlled(ctx, onnx, None)[3]["onnx_weights"] == "u8" == ctx.onnx_weights
+    est["s8-pairs"] = 0.995  # met with the fast encoding: u8 is not tried
+    out = stage._controlled(ctx, onnx, None)[3]
+    assert out["onnx_weights"] == "s8-pairs" and "onnx_weights_tried" not in out
