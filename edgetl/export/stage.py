@@ -137,7 +137,7 @@ def make_artifact(ctx: ExportContext, fmt: Format, max_drop: float | None, size_
 
 ONNX_WEIGHTS = (INT8_WEIGHTS, "u8")  # the fast encoding first; exact u8 where s8 pairs cost accuracy
 # estimated agreement the exact u8 file must gain over the s8 file when neither meets the target (u8 has no
-# VNNI kernel: 1.7x slower on AVX-512 VNNI)
+# VNNI kernel: about 2x slower on an AVX-512 VNNI CPU, docs/quantization.md)
 ENCODING_MARGIN = 0.005
 
 
