@@ -202,7 +202,8 @@ def min_cut(k: int) -> float:
 
 def choose(tried: list[Rung], latency=None) -> tuple[Rung | None, str]:
     """The rung that ships and why: the first that meets the target; else, of those that pass --max-drop,
-    the one that removes the most head noise (k ops in float only if that is at least min_cut(k)); None when no
+    the one that removes the most head noise (k ops in float only if that is at least min_cut(k) and the
+    file agrees with the model on val as often as the plain one); None when no
     rung passes --max-drop. latency(rung) -> its file's latency over the plain file's: a rung with ops in
     float slower than MAX_LATENCY is passed over for the next choice (it gives up what the int8 file is
     for), unless every passing rung is."""
@@ -219,8 +220,10 @@ def choose(tried: list[Rung], latency=None) -> tuple[Rung | None, str]:
     passing = [r for r in tried if r.passes_drop]
     if not passing:
         return None, "no rung passes --max-drop"
+    plain = next((p for p in passing if not p.float_ops), None)
     for r in sorted(passing, key=lambda r: (-r.cut, len(r.float_ops))):
-        if r.float_ops and r.cut < min_cut(len(r.float_ops)) and any(not p.float_ops for p in passing):
+        if r.float_ops and plain is not None and (r.cut < min_cut(len(r.float_ops))
+                                                  or r.parity["agreement"] < plain.parity["agreement"]):
             continue
         if r is not met and fast(r):
             return r, "target missed"

@@ -411,9 +411,11 @@ def test_the_control_ships_the_first_rung_that_meets_the_target_else_the_least_n
     tried[2] = _rung(["a", "b"], estimate=low, cut=NOISE_CUT)
     assert choose(tried) == (tried[2], "target met")
     tried[2] = _rung(["a", "b"], agreement=0.5, estimate=low, cut=NOISE_CUT)  # val disagrees
-    assert choose(tried) == (tried[2], "target missed")
+    assert choose(tried) == (tried[1], "target missed")
     tried = [_rung([], estimate=low), _rung(["a"], estimate=low, cut=MIN_CUT / 2)]  # too small a cut
     assert choose(tried) == (tried[0], "target missed")
+    tried = [_rung([], estimate=low), _rung(["a"], agreement=0.96, estimate=low, cut=NOISE_CUT / 2)]
+    assert choose(tried) == (tried[0], "target missed")  # less val agreement than the plain file: not shipped
     four = ["a", "b", "c", "d"]  # a cut spread thin over many ops does not pay for them
     tried = [_rung([], estimate=low), _rung(four[:2], estimate=low, cut=min_cut(2)), _rung(four, estimate=low,
                                                                                         cut=min_cut(4) - 0.01)]
