@@ -225,7 +225,7 @@ def choose(tried: list[Rung], latency=None) -> tuple[Rung | None, str]:
         if r.float_ops and plain is not None and (r.cut < min_cut(len(r.float_ops))
                                                   or r.parity["agreement"] < plain.parity["agreement"]):
             continue
-        if r is not met and fast(r):
+        if fast(r):  # a target-meeting rung seen here was already found too slow
             return r, "target missed"
     return min(passing, key=lambda r: len(r.float_ops)), "target missed"
 
