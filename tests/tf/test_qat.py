@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import factory
 from edgetl.cli import app
-from edgetl.core.images import decode_all, preprocess
+from edgetl.core.images import decode_all, jpeg_draft_of, preprocess
 from edgetl.core.rundir import Run
 from edgetl.core.runtime import TFLiteRunner
 from edgetl.model.graph import cut_layer, top_model
@@ -33,7 +33,7 @@ def tiny(tiny_run):
     """The tiny run and its training pixels. Its random-base model fits its training images but not
     held-out ones, so the QAT checks measure on the training images (train_xy as val_xy)."""
     r = Run(tiny_run)
-    px, y, _, _ = decode_all(r.split_items("train"), r.image_size)
+    px, y, _, _ = decode_all(r.split_items("train"), r.image_size, jpeg_draft=jpeg_draft_of(r.preprocessing))
     return r, (px, y)
 
 

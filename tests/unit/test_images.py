@@ -128,3 +128,65 @@ def test_augmented_views_depend_only_on_seed_image_and_view():
     assert a.shape == px.shape and a.dtype == np.uint8
     assert images.view_pixels(px, 0, seed=3) is px
     assert images.feature_views(2) == [("train", 0), ("val", 0), ("test", 0), ("train", 1), ("train", 2)]
+
+
+def _photo(path: Path, size: tuple[int, int], seed: int = 0) -> None:
+    """A JPEG with detail at every scale (smooth gradients plus noise), like a camera photo."""
+    w, h = size
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (w + h)], axis=2)
+    arr = np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(arr).save(path, "JPEG", quality=92)
+
+
+def test_large_jpegs_decode_at_a_reduced_dct_scale(tmp_path):
+    """jpeg_draft=2: a JPEG at least twice the input size is decoded at libjpeg's coarsest DCT scale that
+    keeps both sides >= 2x the input, then resized: close to the full decode, not equal to it."""
+    _photo(tmp_path / "big.jpg", (1200, 900))
+    full = load_image(tmp_path / "big.jpg", 64)
+    drafted = load_image(tmp_path / "big.jpg", 64, jpeg_draft=2)
+    with Image.open(tmp_path / "big.jpg") as im:
+        im.draft(None, (128, 128))
+        im.load()
+        assert im.size == (300, 225)  # 1/4: at 1/8 the short side (113) would be < 128
+        want = np.asarray(im.convert("RGB").resize((64, 64), Image.BILINEAR))
+    np.testing.assert_array_equal(drafted, want)
+    diff = np.abs(full.astype(int) - drafted.astype(int))
+    assert 0 < diff.mean() < 3, diff.mean()
+    np.testing.assert_array_equal(load_image(tmp_path / "big.jpg", 64, jpeg_draft=0), full)
+
+
+def test_jpeg_draft_leaves_small_and_non_jpeg_images_alone(tmp_path):
+    _photo(tmp_path / "small.jpg", (100, 90))  # < 2x 64 px: decoded in full
+    Image.open(tmp_path / "small.jpg").save(tmp_path / "big.png")
+    _photo(tmp_path / "big.jpg", (1200, 900))
+    Image.open(tmp_path / "big.jpg").save(tmp_path / "big.png")
+    for name in ("small.jpg", "big.png"):
+        np.testing.assert_array_equal(load_image(tmp_path / name, 64, jpeg_draft=2), load_image(tmp_path / name, 64))
+
+
+def test_jpeg_draft_comes_from_the_spec():
+    assert images.jpeg_draft_of(images.preprocessing_spec(224)) == 2
+    assert images.jpeg_draft_of({"size": [224, 224], "resize": "bilinear"}) == 0  # a spec written without it
+    assert images.jpeg_draft_of(None) == 0
+
+
+def test_bench_decodes_each_file_as_its_spec_says(tmp_path):
+    """Two files of the same size whose specs differ in jpeg_draft get their own decoded eval sets."""
+    from edgetl.bench.targets import Target, prepare_eval
+
+    data = tmp_path / "data"
+    for c in ("a", "b"):
+        (data / c).mkdir(parents=True)
+        _photo(data / c / "big.jpg", (1200, 900), seed=len(c) + ord(c))
+    spec = images.preprocessing_spec(64)
+    old = {k: v for k, v in spec.items() if k != "jpeg_draft"}
+    targets = [Target(tmp_path / f"{n}.tflite", n, meta={"classes": ["a", "b"], "preprocessing": s})
+               for n, s in (("new", spec), ("old", old))]
+    sets = prepare_eval(targets, data, tmp_path, None)
+    assert len(sets) == 2 and targets[0].eval_key != targets[1].eval_key
+    items = [(str(data / c / "big.jpg"), i) for i, c in enumerate("ab")]
+    for t, draft in zip(targets, (2, 0)):
+        np.testing.assert_array_equal(np.load(sets[t.eval_key]["pixels"]),
+                                      images.decode_all(items, 64, jpeg_draft=draft)[0])
