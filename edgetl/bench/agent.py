@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import zipfile
 
 RESULT_TAG = "EDGETL_REMOTE_RESULT "
@@ -192,18 +193,35 @@ def venv(args):
 
 
 def run(args):
-    """One command (a bench worker) with stdin passed through and its output printed as it comes; killed
-    after `timeout` seconds. The child's own RESULT line is its answer; a timeout gets one here."""
+    """One command (a bench worker) with `input` on its stdin and its output printed as it comes; killed
+    after `timeout` seconds, or as soon as this process's own stdin ends: the bench holds that open while it
+    waits, so a bench that ends in any way (interrupted, killed, its connection lost) ends the worker too.
+    The child's own RESULT line is its answer; a timeout gets one here."""
     env = dict(os.environ)
     env.update(args.get("env") or {})
     argv = [os.path.expanduser(a) for a in args["argv"]]
     try:
-        r = subprocess.run(argv, env=env, timeout=args["timeout"])
-    except subprocess.TimeoutExpired:
-        return {"status": "error: timed out after %g s on the remote (--remote-timeout)" % args["timeout"]}
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE)
     except OSError as e:
         return {"status": "error: %s" % e}
-    return {"exit": r.returncode}
+
+    def lifeline():  # (os.read on the fd: a daemon thread blocked in sys.stdin's buffer aborts the exit)
+        try:
+            while os.read(0, 4096):
+                pass
+        except OSError:
+            pass
+        if proc.poll() is None:
+            proc.kill()
+
+    threading.Thread(target=lifeline, daemon=True).start()
+    try:
+        proc.communicate((args.get("input") or "").encode(), timeout=args["timeout"])
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return {"status": "error: timed out after %g s on the remote (--remote-timeout)" % args["timeout"]}
+    return {"exit": proc.returncode}
 
 
 COMMANDS = {"probe": probe, "receive": receive, "unpack": unpack, "venv": venv, "run": run}

@@ -295,10 +295,10 @@ class Session:
         n = str(job["threads"])
         args = {"argv": [self.python, "-m", "edgetl.bench.worker"], "timeout": self.opts.timeout,
                 "env": {"PYTHONPATH": self.src, "OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n,
-                        "MKL_NUM_THREADS": n}}
+                        "MKL_NUM_THREADS": n}, "input": json.dumps(job)}
         line = (f"{quote_path(self.python)} -c {shlex.quote(agent_source())} run "
                 f"{shlex.quote(json.dumps(args))}")
-        r = self.conn.run(line, input=json.dumps(job).encode(), timeout=self.opts.timeout + 60)
+        r = self.conn.run(line, timeout=self.opts.timeout + 60, lifeline=True)
         out = r.stdout.decode(errors="replace").splitlines()
         for tag in (WORKER_TAG, agent.RESULT_TAG):
             for ln in reversed(out):

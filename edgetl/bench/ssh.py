@@ -5,6 +5,7 @@ the fix."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -100,14 +101,24 @@ class Connection:
         return [*self.argv, remote_cmd]
 
     def run(self, remote_cmd: str, input: bytes | None = None, timeout: float = 120, stderr_line=None,
-            stdin=None) -> subprocess.CompletedProcess:
+            stdin=None, lifeline: bool = False) -> subprocess.CompletedProcess:
         """Run and wait; ssh's own failures (exit 255) raise one line. stderr_line(str) sees the remote's
-        stderr line by line as it comes (progress), else stderr is collected."""
+        stderr line by line as it comes (progress), else stderr is collected. lifeline: the remote command's
+        stdin is a pipe this process holds open until the call returns, so the remote sees its end when this
+        process ends in any way (done, interrupted, killed) or the connection drops."""
+        keep = None
+        if lifeline:
+            stdin, keep = os.pipe()  # (both ends close-on-exec: only ssh gets the read end, as its stdin)
         try:
             proc = subprocess.Popen(self.command(remote_cmd), stdin=subprocess.PIPE if input is not None else stdin,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except OSError as e:
+            if keep is not None:
+                os.close(keep)
             raise EdgetlError(f"--remote {self.target}: cannot start ssh: {e}") from None
+        finally:
+            if keep is not None:
+                os.close(stdin)
         try:
             if stderr_line is None:
                 out, err = proc.communicate(input, timeout=timeout)
@@ -122,6 +133,9 @@ class Connection:
             proc.kill()
             proc.wait()
             raise
+        finally:
+            if keep is not None:
+                os.close(keep)
         err_text = err if isinstance(err, str) else err.decode(errors="replace")
         if proc.returncode == 255:
             raise EdgetlError(explain(self.target, err_text))

@@ -276,9 +276,16 @@ def _processes_with(text: str) -> list[int]:
     return pids
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone meanwhile
+        return b""
+
+
 def test_interrupted_remote_bench_stops_the_remote_worker(server, run, tmp_path):
-    """SIGTERM here during a remote row: 'terminated', nothing written here, and the worker there is
-    gone within seconds (the bench closes its ssh connection, and sshd ends what ran in it), no `.tmp-*`
+    """SIGTERM here while the worker runs there: 'terminated', nothing written here, and the worker there is
+    gone within seconds (the agent there kills it when its stdin, held open by the bench, ends), no `.tmp-*`
     left there."""
     import signal
     import subprocess
@@ -292,10 +299,13 @@ def test_interrupted_remote_bench_stops_the_remote_worker(server, run, tmp_path)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     src = str(cache / "edgetl" / "remote" / "src")
     deadline = time.monotonic() + 120
-    while not [p for p in _processes_with(src) if p != proc.pid] and time.monotonic() < deadline:
+    def workers():
+        return [p for p in _processes_with(src) if b"edgetl.bench.worker" in _cmdline(p)]
+
+    while not workers() and time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.2)
-    assert _processes_with(src), "the remote worker never started"
+    assert workers(), "the remote worker never started"
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM and "terminated" in err, (out, err)
