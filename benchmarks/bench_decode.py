@@ -25,11 +25,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import BIN, SHARED, edgetl_train, run, seed_train, warm_cache  # noqa: E402
+from bench_train import BIN, SHARED, edgetl_train, run, seed_train, upscaled, warm_cache  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCALE = 6
-MAX_PIXELS = 12e6  # a 12 MP phone photo: the few large originals are upscaled less
 # `edgetl train` with the spec's jpeg_draft at 0: every photo decoded in full (the comparison arm)
 FULL_DECODE = ("import sys; from edgetl.core import images; images.MOBILENET_V2_PREPROCESSING['jpeg_draft'] = 0; "
                "from edgetl.cli import main; sys.argv[0] = 'edgetl'; main()")
@@ -44,10 +43,7 @@ def make_photos(src: Path, dst: Path) -> dict:
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
             with Image.open(f) as im:
-                im = ImageOps.exif_transpose(im).convert("RGB")
-                k = min(SCALE, (MAX_PIXELS / (im.width * im.height)) ** 0.5)
-                if k > 1:
-                    im = im.resize((round(im.width * k), round(im.height * k)), Image.BICUBIC)
+                im = upscaled(ImageOps.exif_transpose(im).convert("RGB"), SCALE)
                 im.save(out, "JPEG", quality=92)
                 sizes.append(im.size)
                 n += 1

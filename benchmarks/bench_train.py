@@ -107,6 +107,18 @@ def make_large(src: Path, dst: Path, repeats: int, seed: int = 0) -> dict:
     return {"train_images": n, "repeats": repeats}
 
 
+PHOTO_PIXELS = 12e6  # a 12 MP phone photo
+
+
+def upscaled(im, scale: float):
+    """A PIL image enlarged `scale` times (bicubic), to at most PHOTO_PIXELS: camera-size photos made from the
+    bundled ones (decoding cost and resize behaviour of a phone photo, not its detail)."""
+    from PIL import Image
+
+    k = min(scale, (PHOTO_PIXELS / (im.width * im.height)) ** 0.5)
+    return im.resize((round(im.width * k), round(im.height * k)), Image.BICUBIC) if k > 1 else im
+
+
 def warm_cache(data: Path) -> None:
     for p in data.rglob("*"):
         if p.is_file():
