@@ -24,8 +24,9 @@ The ladder, for TFLite and ONNX alike (an ONNX int8 file is converted from the T
    images. It is
    what decides whether the plain file is enough; near-ties set a floor under it that no op in float
    lifts much, so the ladder's own goal is the share of head noise removed.
-4. Rungs are tried in order (the plain file, then the top 1, 2, ... ranked ops, at most MAX_FLOAT_OPS);
-   the first that meets the target ships. Without one, the rung that passes --max-drop and removes the
+4. Rungs are tried in order: the plain file, then each of the top MAX_FLOAT_OPS ranked ops added to the
+   best rung so far, which keeps it only if the rung's measured head noise fell (`climb`: shares measured
+   one op at a time need not add up); the first rung that meets the target ships. Without one, the rung that passes --max-drop and removes the
    most head noise ships (k ops in float only if they remove at least min_cut(k)) and the missed target
    is said; exit 3 only when no rung passes --max-drop. A file whose ops in float make it more than
    MAX_LATENCY slower than the plain file (timed here, alternately) is passed over for the next choice:
@@ -189,10 +190,19 @@ def ranking(ctx: ExportContext, quantize) -> list[tuple[str, float]]:
     return ctx.cache["control-ranking"]
 
 
-def rungs(ranked: list[tuple[str, float]]) -> list[tuple]:
-    """Float-op sets to try in order: none, then the top 1, 2, ... ranked ops with a positive share."""
-    useful = [name for name, share in ranked if share > 0][:MAX_FLOAT_OPS]
-    return [()] + [tuple(useful[:k]) for k in range(1, len(useful) + 1)]
+def candidates(ranked: list[tuple[str, float]]) -> list[str]:
+    """The ops the ladder tries to add, in order: the top MAX_FLOAT_OPS ranked ops with a positive share."""
+    return [name for name, share in ranked if share > 0][:MAX_FLOAT_OPS]
+
+
+def climb(base: tuple, noise: dict, op: str) -> tuple:
+    """The float ops the next rung builds on once `op` was tried on top of `base`: base + op when that rung's
+    measured head noise (noise[ops]; None when its file failed) is below base's, else base. Each op's
+    share is measured alone; together, ops need not add up (keeping one in float changes what its
+    neighbours see), so a rung keeps only the ops that lowered the noise of the rungs before it."""
+    ops = base + (op,)
+    new, old = noise.get(ops), noise.get(base)
+    return ops if new is not None and old is not None and new < old else base
 
 
 def min_cut(k: int) -> float:
@@ -270,10 +280,9 @@ def run_ladder(ctx: ExportContext, fmt, quantize, check, latency=None) -> tuple[
     manifest)."""
     tried: list[Rung] = []
     ranked: list = []
-    ladder = [()]
-    i = 0
-    while i < len(ladder):
-        ops = ladder[i]
+    noise: dict = {}
+
+    def attempt(ops: tuple) -> Rung:
         r = Rung(ops, [short_name(n) for n in ops])
         try:
             r.parity = check(ops)
@@ -283,12 +292,16 @@ def run_ladder(ctx: ExportContext, fmt, quantize, check, latency=None) -> tuple[
         except (ArtifactCheckError, EdgetlError) as e:
             r.error = str(e)
         tried.append(r)
-        if r.meets_target:
-            break
-        if i == 0:  # the plain file misses the target: rank the ops, then climb
-            ranked = ranking(ctx, quantize)
-            ladder = rungs(ranked)
-        i += 1
+        noise[ops] = r.noise if r.error is None else None
+        return r
+
+    if not attempt(()).meets_target:  # the plain file misses the target: rank the ops, then climb
+        ranked = ranking(ctx, quantize)
+        base: tuple = ()
+        for op in candidates(ranked):
+            if attempt(base + (op,)).meets_target:
+                break
+            base = climb(base, noise, op)
     chosen, why = choose(tried, None if latency is None else lambda r: latency(r.float_ops))
     record = {"target": {"estimated_agreement": TARGET_AGREEMENT, "noise_cut": NOISE_CUT,
                          "val_agreement": VAL_AGREEMENT, "max_latency_ratio": MAX_LATENCY},

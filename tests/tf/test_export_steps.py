@@ -402,7 +402,7 @@ def test_the_control_ships_the_first_rung_that_meets_the_target_else_the_least_n
     """The first rung that passes --max-drop, agrees on val and is estimated to agree on unseen images (or
     removes enough of the head's int8 noise) ships; without one, the passing rung that removes the most
     noise (ops in float only for a real cut) and is fast enough; none when no rung passes --max-drop."""
-    from edgetl.export.control import MAX_LATENCY, MIN_CUT, NOISE_CUT, TARGET_AGREEMENT, choose, min_cut, rungs
+    from edgetl.export.control import MAX_LATENCY, MIN_CUT, NOISE_CUT, TARGET_AGREEMENT, candidates, choose, min_cut
 
     low = TARGET_AGREEMENT - 0.01
     tried = [_rung([], estimate=low), _rung(["a"], estimate=low, cut=NOISE_CUT / 2),
@@ -436,7 +436,19 @@ def test_the_control_ships_the_first_rung_that_meets_the_target_else_the_least_n
     tried = [_rung([], ok=False), _rung(["a"], estimate=low, cut=NOISE_CUT / 2),
              _rung(["a", "b"], estimate=TARGET_AGREEMENT)]  # every passing rung slow: still a file
     assert choose(tried, lambda r: slow[r.float_ops]) == (tried[1], "target missed")
-    assert rungs([("a", 0.5), ("b", 0.2), ("c", 0.0)]) == [(), ("a",), ("a", "b")]
+    assert candidates([("a", 0.5), ("b", 0.2), ("c", 0.0)]) == ["a", "b"]
+
+
+def test_the_ladder_keeps_an_op_only_if_it_lowered_the_noise():
+    """climb: an op whose rung has more head noise than the rung it was added to is dropped again, so
+    ops measured one at a time cannot pile up into a noisier file; a failed file keeps the base too."""
+    from edgetl.export.control import climb
+
+    noise = {(): 1.0, ("a",): 0.6, ("a", "b"): 0.7, ("a", "c"): 0.5, ("a", "c", "d"): None}
+    assert climb((), noise, "a") == ("a",)
+    assert climb(("a",), noise, "b") == ("a",)
+    assert climb(("a",), noise, "c") == ("a", "c")
+    assert climb(("a", "c"), noise, "d") == ("a", "c")
 
 
 def test_export_climbs_the_ladder_and_records_it(ctx, tmp_path, monkeypatch):
