@@ -11,7 +11,7 @@ import numpy as np
 # MobileNetV2's own preprocessing (keras.applications.mobilenet_v2.preprocess_input, mode "tf"):
 # RGB pixels in [0, 255] -> x / 127.5 - 1 -> [-1, 1]. Recorded in every run and every artifact.
 # jpeg_draft: a JPEG is decoded at the coarsest DCT scale (libjpeg's 1/2, 1/4 or 1/8) that keeps both sides at
-# least this many times the input size, then resized as any image (docs/benchmarks.md: 5x faster decoding of
+# least this many times the input size, then resized as any image (docs/benchmarks.md: 4.4x faster decoding of
 # 3000x2250 photos, pixels within 0.8 of 255 on average, the same accuracy). Images smaller than twice the
 # input decode in full; a spec without the key (0) decodes every image in full.
 MOBILENET_V2_PREPROCESSING = {
