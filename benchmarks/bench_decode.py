@@ -20,12 +20,11 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import BIN, SHARED, edgetl_train, run, seed_train, upscaled, warm_cache  # noqa: E402
+from bench_train import BIN, SHARED, edgetl_train, run, seed_train, upscaled, warm_cache, workspace  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCALE = 6
@@ -80,14 +79,8 @@ def main() -> None:
     a = ap.parse_args()
     from edgetl.model.backbone import keras_weights_name
 
-    tmp = Path(tempfile.mkdtemp(prefix="edgetl-bench-decode-"))
-    env = {**os.environ, "EDGETL_WEIGHTS_DIR": str(a.weights_dir), "TF_CPP_MIN_LOG_LEVEL": "2",
-           "EDGETL_CACHE_DIR": str(tmp / "cache")}
-    logs = tmp / "logs"
-    logs.mkdir(parents=True)
+    tmp, env, logs, res = workspace("decode", a.weights_dir)
     common = ["--alpha", "0.35", "--image-size", "224"]
-    res: dict = {"benchmark": "decode", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                 "machine": {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg()}}
     try:
         data = tmp / "data"
         res["data"] = make_photos(a.data, data)

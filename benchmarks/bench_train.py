@@ -119,6 +119,20 @@ def upscaled(im, scale: float):
     return im.resize((round(im.width * k), round(im.height * k)), Image.BICUBIC) if k > 1 else im
 
 
+def workspace(name: str, weights_dir: Path) -> tuple[Path, dict, Path, dict]:
+    """(temp dir, environment of the timed processes, their log dir, the result document started) of a
+    benchmark run. The environment's edgetl cache starts empty in the temp dir: the first edgetl run is a
+    cold one; the logs are kept only for the run (failures quote their tail)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"edgetl-bench-{name}-"))
+    env = {**os.environ, "EDGETL_WEIGHTS_DIR": str(weights_dir), "TF_CPP_MIN_LOG_LEVEL": "2",
+           "EDGETL_CACHE_DIR": str(tmp / "cache")}
+    logs = tmp / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    res = {"benchmark": name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "machine": {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg()}}
+    return tmp, env, logs, res
+
+
 def warm_cache(data: Path) -> None:
     for p in data.rglob("*"):
         if p.is_file():
@@ -145,15 +159,9 @@ def main() -> None:
     weights = a.weights_dir / keras_weights_name(a.alpha)
     if not weights.is_file():
         raise SystemExit(f"--weights-dir {a.weights_dir}: no {weights.name}")
-    tmp = Path(tempfile.mkdtemp(prefix="edgetl-bench-train-"))
-    env = {**os.environ, "EDGETL_WEIGHTS_DIR": str(a.weights_dir), "TF_CPP_MIN_LOG_LEVEL": "2",
-           "EDGETL_CACHE_DIR": str(tmp / "cache")}  # starts empty: the first edgetl run is a cold one
-    logdir = tmp / "logs"  # subprocess logs: kept only for the run (failures quote their tail)
-    logdir.mkdir(parents=True, exist_ok=True)
+    tmp, env, logdir, res = workspace("train", a.weights_dir)
     common = ["--alpha", str(a.alpha), "--image-size", str(a.size)]
-    res: dict = {"benchmark": "train", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                 "machine": {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg()},
-                 "data": str(a.data), "alpha": a.alpha, "image_size": a.size, "weights": str(weights)}
+    res.update(data=str(a.data), alpha=a.alpha, image_size=a.size, weights=str(weights))
     try:
         warm_cache(a.data)
         cold = edgetl_train(a.data, tmp / "edgetl", env, logdir, "edgetl-hymenoptera-cold", *common)

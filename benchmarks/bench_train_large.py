@@ -23,12 +23,10 @@ import json
 import os
 import shutil
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import SHARED, edgetl_train, seed_train, upscaled, warm_cache  # noqa: E402
+from bench_train import SHARED, edgetl_train, seed_train, upscaled, warm_cache, workspace  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,14 +78,8 @@ def main() -> None:
     from edgetl.model.backbone import keras_weights_name
 
     weights = a.weights_dir / keras_weights_name(0.35)
-    tmp = Path(tempfile.mkdtemp(prefix="edgetl-bench-large-"))
-    env = {**os.environ, "EDGETL_WEIGHTS_DIR": str(a.weights_dir), "TF_CPP_MIN_LOG_LEVEL": "2",
-           "EDGETL_CACHE_DIR": str(tmp / "cache")}
-    logs = tmp / "logs"
-    logs.mkdir(parents=True)
+    tmp, env, logs, res = workspace("train-large", a.weights_dir)
     common = ["--alpha", "0.35", "--image-size", "224"]
-    res: dict = {"benchmark": "train-large", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                 "machine": {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg()}}
     try:
         data = tmp / "data"
         res["data"] = {**make_set(data, a.upscale), "upscale": a.upscale}

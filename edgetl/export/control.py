@@ -195,14 +195,13 @@ def candidates(ranked: list[tuple[str, float]]) -> list[str]:
     return [name for name, share in ranked if share > 0][:MAX_FLOAT_OPS]
 
 
-def climb(base: tuple, noise: dict, op: str) -> tuple:
-    """The float ops the next rung builds on once `op` was tried on top of `base`: base + op when that rung's
-    measured head noise (noise[ops]; None when its file failed) is below base's, else base. Each op's
-    share is measured alone; together, ops need not add up (keeping one in float changes what its
-    neighbours see), so a rung keeps only the ops that lowered the noise of the rungs before it."""
-    ops = base + (op,)
-    new, old = noise.get(ops), noise.get(base)
-    return ops if new is not None and old is not None and new < old else base
+def climb(base: Rung, tried: Rung) -> Rung:
+    """The rung the next one builds on once `tried` (base's ops plus one) was measured: tried when its head
+    noise is below base's, else base (also when either file failed). Each op's share is measured alone;
+    together, ops need not add up (keeping one in float changes what its neighbours see), so a rung keeps
+    only the ops that lowered the noise of the rungs before it."""
+    usable = tried.error is None and base.error is None and None not in (tried.noise, base.noise)
+    return tried if usable and tried.noise < base.noise else base
 
 
 def min_cut(k: int) -> float:
@@ -280,7 +279,6 @@ def run_ladder(ctx: ExportContext, fmt, quantize, check, latency=None) -> tuple[
     manifest)."""
     tried: list[Rung] = []
     ranked: list = []
-    noise: dict = {}
 
     def attempt(ops: tuple) -> Rung:
         r = Rung(ops, [short_name(n) for n in ops])
@@ -292,21 +290,22 @@ def run_ladder(ctx: ExportContext, fmt, quantize, check, latency=None) -> tuple[
         except (ArtifactCheckError, EdgetlError) as e:
             r.error = str(e)
         tried.append(r)
-        noise[ops] = r.noise if r.error is None else None
         return r
 
-    if not attempt(()).meets_target:  # the plain file misses the target: rank the ops, then climb
+    base = attempt(())
+    if not base.meets_target:  # the plain file misses the target: rank the ops, then climb
         ranked = ranking(ctx, quantize)
-        base: tuple = ()
         for op in candidates(ranked):
-            if attempt(base + (op,)).meets_target:
+            r = attempt(base.float_ops + (op,))
+            if r.meets_target:
                 break
-            base = climb(base, noise, op)
+            base = climb(base, r)
     chosen, why = choose(tried, None if latency is None else lambda r: latency(r.float_ops))
     record = {"target": {"estimated_agreement": TARGET_AGREEMENT, "noise_cut": NOISE_CUT,
                          "val_agreement": VAL_AGREEMENT, "max_latency_ratio": MAX_LATENCY},
               "result": why, "rungs": [describe(r) for r in tried],
-              "float_ops": list(chosen.labels) if chosen else None}
+              "float_ops": list(chosen.labels) if chosen else None,
+              "estimated_agreement": describe(chosen)["estimated_agreement"] if chosen else None}
     if ranked:
         record["ranking"] = [{"op": short_name(n), "share": round(s, 4)} for n, s in ranked[:MAX_FLOAT_OPS]]
     return chosen, record

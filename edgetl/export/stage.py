@@ -141,11 +141,6 @@ ONNX_WEIGHTS = (INT8_WEIGHTS, "u8")  # the fast encoding first; exact u8 where s
 ENCODING_MARGIN = 0.005
 
 
-def _chosen_estimate(control: dict) -> float:
-    chosen = next((r for r in control["rungs"] if r["float_ops"] == control["float_ops"]), {})
-    return chosen.get("estimated_agreement") or 0.0
-
-
 def _controlled(ctx: ExportContext, fmt: Format, max_drop: float | None):
     """The int8 file of the accuracy-control ladder (export.control), its metadata, parity and the ladder's
     record; ArtifactCheckError when no rung passes --max-drop. An ONNX file whose ladder misses the target
@@ -168,7 +163,8 @@ def _controlled(ctx: ExportContext, fmt: Format, max_drop: float | None):
             break
     if not results:
         raise failure
-    weights, ops, out = max(results, key=lambda r: (r[2][3]["result"] == "target met", _chosen_estimate(r[2][3])
+    weights, ops, out = max(results, key=lambda r: (r[2][3]["result"] == "target met",
+                                                    (r[2][3]["estimated_agreement"] or 0.0)
                                                     - (ENCODING_MARGIN if r[0] != ONNX_WEIGHTS[0] else 0.0)))
     ctx.onnx_weights, ctx.float_ops = weights, ops
     if len(results) > 1 or weights != ONNX_WEIGHTS[0]:
@@ -278,10 +274,9 @@ def _print_table(console, ctx: ExportContext, results: dict) -> None:
 
 def _control_note(name: str, c: dict) -> list[str]:
     """What the accuracy control kept in float, what it cost and whether the target was met."""
-    chosen = next((r for r in c["rungs"] if r["float_ops"] == c["float_ops"]), None)
-    if chosen is None:
+    if c["float_ops"] is None:
         return []
-    est = chosen.get("estimated_agreement")
+    est = c["estimated_agreement"]
     said = f"estimated agreement with the model on unseen images {100 * est:.1f}%" if est is not None else ""
     limit = c["target"].get("max_latency_ratio")
     slow = [r for r in c["rungs"] if limit and (r.get("latency_ratio") or 0) > limit]

@@ -442,13 +442,15 @@ def test_the_control_ships_the_first_rung_that_meets_the_target_else_the_least_n
 def test_the_ladder_keeps_an_op_only_if_it_lowered_the_noise():
     """climb: an op whose rung has more head noise than the rung it was added to is dropped again, so
     ops measured one at a time cannot pile up into a noisier file; a failed file keeps the base too."""
-    from edgetl.export.control import climb
+    from edgetl.export.control import Rung, climb
 
     noise = {(): 1.0, ("a",): 0.6, ("a", "b"): 0.7, ("a", "c"): 0.5, ("a", "c", "d"): None}
-    assert climb((), noise, "a") == ("a",)
-    assert climb(("a",), noise, "b") == ("a",)
-    assert climb(("a",), noise, "c") == ("a", "c")
-    assert climb(("a", "c"), noise, "d") == ("a", "c")
+    rung = {ops: Rung(ops, list(ops), noise=n, error=None if n is not None else "conversion failed")
+            for ops, n in noise.items()}
+    assert climb(rung[()], rung[("a",)]).float_ops == ("a",)
+    assert climb(rung[("a",)], rung[("a", "b")]).float_ops == ("a",)
+    assert climb(rung[("a",)], rung[("a", "c")]).float_ops == ("a", "c")
+    assert climb(rung[("a", "c")], rung[("a", "c", "d")]).float_ops == ("a", "c")
 
 
 def test_export_climbs_the_ladder_and_records_it(ctx, tmp_path, monkeypatch):
@@ -536,7 +538,7 @@ def test_onnx_keeps_the_fast_encoding_unless_exact_weights_clearly_agree_better(
     def ladder(ctx, fmt, max_drop):
         e = est[ctx.onnx_weights]
         record = {"result": "target met" if e >= 0.99 else "target missed", "float_ops": [],
-                  "rungs": [{"float_ops": [], "estimated_agreement": e}]}
+                  "estimated_agreement": e, "rungs": [{"float_ops": [], "estimated_agreement": e}]}
         return b"", {}, {"agreement": 1.0 if ctx.onnx_weights == "u8" else 0.9}, record
 
     monkeypatch.setattr(stage, "_ladder", ladder)
