@@ -1,7 +1,8 @@
 """Calibration variants for post-training int8, against the converter's min/max ranges on 200 images:
-fewer and more calibration images, and MSE-optimal activation ranges (all activations, or only those
-that can be negative: the linear bottleneck outputs and residual sums). Plain int8 TFLite files (no op in
-float, float I/O), scored on each run's test split (val where it has none): drop (Keras accuracy minus the file's, points) and
+fewer and more calibration images, MSE-optimal activation ranges (all activations, or only those
+that can be negative: the linear bottleneck outputs and residual sums), and the 200-image file with its
+conv biases corrected (model.bias: export's plain file). Plain int8 TFLite files (no op in float, float
+I/O), scored on each run's test split (val where it has none): drop (Keras accuracy minus the file's, points) and
 top-1 agreement with the Keras model.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_calibration.py RUN [RUN ...] [--json PATH]
@@ -84,7 +85,7 @@ def measure(run_path: Path) -> dict:
     from edgetl.core.rundir import Run
     from edgetl.core.runtime import TFLiteRunner
     from edgetl.export.context import build_context
-    from edgetl.export.convert import calibrated
+    from edgetl.export.convert import calibrated, tflite_int8_bytes
     from edgetl.export.parity import _test_set
     from edgetl.model.convert import quantize_calibrated
     from edgetl.model.predict import predict
@@ -108,6 +109,7 @@ def measure(run_path: Path) -> dict:
         out[f"minmax-{len(ctx.calibration_inputs())}"] = score(quantize_calibrated(cal, "float32"))
         if n == 200:
             base = (ctx, cal, score)
+            out["bias-corrected"] = score(tflite_int8_bytes(ctx, "float32"))
     ctx, cal, score = base
     for name, neg in (("mse-all", False), ("mse-negative", True)):
         tfl, changed = mse_ranges(cal, ctx.calibration_inputs(), neg)
@@ -124,15 +126,16 @@ def table(rows: list[dict]) -> str:
     groups: dict = defaultdict(list)
     for r in rows:
         groups[re.sub(r"-\d+$", "", Path(r["run"]).name)].append(r)
-    cols = ("min/max, 100 images", "min/max, 200 (default)", "min/max, all training images", "MSE ranges, all",
-            "MSE ranges, negative ones")
+    cols = ("min/max, 100 images", "min/max, 200", "min/max, all training images", "MSE ranges, all",
+            "MSE ranges, negative ones", "min/max, 200, biases corrected (default)")
     out = ["| case | scored on | seeds | " + " | ".join(cols) + " |", "|---|---|---|" + "---|" * len(cols)]
     for case, rs in sorted(groups.items()):
         cells = []
         for pick in (lambda r: r.get("minmax-100") or _largest(r), lambda r: r.get("minmax-200") or _largest(r),
-                     _largest, lambda r: r["mse-all"], lambda r: r["mse-negative"]):
+                     _largest, lambda r: r["mse-all"], lambda r: r["mse-negative"], lambda r: r["bias-corrected"]):
             v = [pick(r) for r in rs]
-            cells.append(f"{sum(x['drop'] for x in v) / len(v):.2f} / {100 * sum(x['agreement'] for x in v) / len(v):.1f} %")
+            drop, agreement = sum(x["drop"] for x in v) / len(v), 100 * sum(x["agreement"] for x in v) / len(v)
+            cells.append(f"{drop:.2f} / {agreement:.1f} %")
         out.append(f"| {case} | {rs[0]['scored_on']} | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 

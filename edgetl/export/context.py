@@ -41,6 +41,7 @@ class ExportContext:
     int8_file: str = MODEL_FILE  # the Keras file `model` was loaded from
     float_ops: tuple = ()  # ops int8 files keep in float (export.control sets it per rung)
     onnx_weights: str = INT8_WEIGHTS  # ONNX int8 weight encoding (export.convert.onnx_from_tflite)
+    correct_biases: bool = True  # int8 conv biases corrected (model.bias); off where only cost is measured
     model_sha256: str = ""  # sha256 of the run's model.keras as loaded: every file and the manifest name it
     _calib_x: np.ndarray | None = None
     cache: dict = field(default_factory=dict)

@@ -9,7 +9,8 @@ and keeping the head in float recovered nothing there.
 
 The ladder, for TFLite and ONNX alike (an ONNX int8 file is converted from the TFLite file of its rung):
 1. The converter calibrates once (min/max over the calibration images); each rung quantizes those ranges
-   with a set of ops kept in float (`model.convert.quantize_calibrated`).
+   with a set of ops kept in float (`model.convert.quantize_calibrated`), and its int8 convs get the
+   bias shifts measured once on the plain file (`model.bias`).
 2. What counts is int8 noise as the head sees it: the change of the head's logits when the float model's
    pooled features are replaced by the int8 file's (noise in directions the head ignores does not move an
    answer). Ops are ranked by the share of that noise, on RANK_IMAGES calibration images, that keeping the

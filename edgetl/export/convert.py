@@ -4,11 +4,14 @@ Each returns the converter's bytes; compaction, metadata and checks come after (
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from ..core.formats import Format
 from ..core.runtime import INT8_WEIGHTS
-from ..model.convert import INPUT_NAME, OUTPUT_NAME, calibrated_tflite, quantize_calibrated, serving_fn
+from ..model.bias import corrected
+from ..model.convert import (INPUT_NAME, OUTPUT_NAME, calibrated_tflite, int8_bias_shifts, quantize_calibrated,
+                             serving_fn)
 from ..model.tfenv import tf_and_keras, tflite_converter
 from .context import ExportContext
 from .onnx_int8 import bounded_pairs, float_layers_kept_float, unsigned_activations, unsigned_weights
@@ -40,13 +43,16 @@ def tflite_int8_bytes(ctx: ExportContext, io: str = "int8") -> bytes:
     The int8 source model (the float model, or the QAT model when `train --qat` chose it) is calibrated on
     a seeded sample of training images (model.convert.int8_tflite, the conversion `train --qat` scores).
     A fake-quant graph (ctx.qat_graph) carries its learned ranges and the converter uses those.
-    The ops named in ctx.float_ops (export.control's choice) stay in float.
+    The ops named in ctx.float_ops (export.control's choice) stay in float; the int8 convs get the plain
+    file's bias shifts (model.bias: measured once per export, whatever stays in float).
     """
     key = ("tflite-int8", io, ctx.float_ops)
     if key in ctx.cache:
         return ctx.cache[key]
     if not ctx.qat_graph:
         out = quantize_calibrated(calibrated(ctx), io, ctx.float_ops)
+        if ctx.correct_biases:
+            out = corrected(out, bias_shifts(ctx))
     else:
         tf, conv = _tflite_converter(ctx, quantized=True)
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -64,6 +70,16 @@ def calibrated(ctx: ExportContext) -> bytes:
     if "int8-calibrated" not in ctx.cache:
         ctx.cache["int8-calibrated"] = calibrated_tflite(ctx.model, ctx.size, ctx.calibration_inputs())
     return ctx.cache["int8-calibrated"]
+
+
+def bias_shifts(ctx: ExportContext) -> dict:
+    """The plain int8 file's bias shifts (model.convert.int8_bias_shifts), measured once per export."""
+    if "int8-bias-shifts" not in ctx.cache:
+        cal, x = calibrated(ctx), ctx.calibration_inputs()
+        t0 = time.perf_counter()
+        ctx.cache["int8-bias-shifts"] = int8_bias_shifts(cal, x)
+        ctx.cache["int8-bias-seconds"] = round(time.perf_counter() - t0, 1)
+    return ctx.cache["int8-bias-shifts"]
 
 
 def tflite_int8(ctx: ExportContext, fmt: Format) -> bytes:

@@ -114,14 +114,17 @@ def _vector_offsets(buf: bytes):
     return zps, datas
 
 
-def test_compacted_tflite_shares_vectors_and_aligns_buffers(tiny_exported, raw):
-    """Every distinct zero-point vector is written once (the raw converter output repeats the all-zero
-    per-channel ones), constant data sits at 16-byte offsets (schema: force_align 16) in the written
-    file too, and compacting twice changes nothing."""
+def test_compacted_tflite_shares_vectors_and_aligns_buffers(ctx, tiny_exported):
+    """Every distinct zero-point vector is written once (the TFLite converter's own output repeats the
+    all-zero per-channel ones), constant data sits at 16-byte offsets (schema: force_align 16) in the
+    written file too, and compacting twice changes nothing."""
     from edgetl.core.flatbuffer import compact_tflite
+    from edgetl.export.convert import calibrated
+    from edgetl.model.convert import quantize_calibrated
 
-    slim = compact_tflite(raw["tflite-int8"])
-    zps_raw, _ = _vector_offsets(raw["tflite-int8"])
+    converter = quantize_calibrated(calibrated(ctx), "int8")
+    slim = compact_tflite(converter)
+    zps_raw, _ = _vector_offsets(converter)
     zps, datas = _vector_offsets(slim)
     assert sum(len(v) for v in zps_raw.values()) > len(zps_raw)  # the converter writes duplicates
     assert set(zps) == set(zps_raw) and all(len(v) == 1 for v in zps.values())
@@ -354,17 +357,64 @@ def test_int8_drop_failure_names_the_numbers_and_the_registry_default(ctx, tiny_
 
 
 # ---------------------------------------------------------------------------------------------- accuracy control
-def test_quantizing_the_calibrated_file_is_the_converters_int8_file(ctx):
-    """One calibration, quantized with no op in float, gives the file the converter makes in one call
-    (same size, bit-identical outputs), so the control's plain rung is the post-training file."""
-    from edgetl.export.convert import calibrated
+def test_the_control_s_plain_rung_is_the_post_training_file(ctx):
+    """One calibration, quantized with no op in float and its biases corrected, gives the file
+    model.convert.int8_tflite makes in one call (the file `train --qat` scores as post-training int8): same
+    size, bit-identical outputs, and the converter's own graph."""
+    from edgetl.core import flatbuffer
+    from edgetl.export.convert import calibrated, tflite_int8_bytes
     from edgetl.model.convert import int8_tflite, quantize_calibrated
 
-    x = ctx.val_x
+    x, ctx.float_ops = ctx.val_x, ()
     for io, name in (("int8", "tflite-int8"), ("float32", "tflite-fp32")):
         a = int8_tflite(ctx.model, ctx.size, ctx.calibration_inputs(), io)
-        b = quantize_calibrated(calibrated(ctx), io)
+        b = tflite_int8_bytes(ctx, io)
         assert len(a) == len(b) and np.array_equal(run_file(a, name, x), run_file(b, name, x))
+        assert flatbuffer.op_list(quantize_calibrated(calibrated(ctx), io)) == flatbuffer.op_list(b)
+
+
+def test_bias_correction_takes_the_mean_shift_out_of_each_int8_conv(ctx):
+    """Corrected one after another, each int8 conv's per-channel mean error against the float file (on the
+    calibration images it was measured on) is down to the bias's rounding: the last linear conv's is a
+    small part of the plain file's. Ops kept in float keep their float biases."""
+    from edgetl.core import flatbuffer
+    from edgetl.export.convert import bias_shifts, calibrated
+    from edgetl.model import bias
+    from edgetl.model.convert import quantize_calibrated
+
+    cal, x = calibrated(ctx), ctx.calibration_inputs()
+    plain = quantize_calibrated(cal, "float32")
+    shifts = bias_shifts(ctx)
+    fixed = bias.corrected(plain, shifts)
+    convs = bias._convs(flatbuffer.load_model(plain))
+    assert len(shifts) == len(convs) > 0
+
+    def mean_error(tfl: bytes, name: str) -> float:
+        m, f = flatbuffer.load_model(tfl), flatbuffer.load_model(cal)
+        index = {t.name.decode(): j for t, j in ((m.subgraphs[0].tensors[op.outputs[0]], j)
+                                                 for j, op in enumerate(m.subgraphs[0].operators))}
+        f_index = {f.subgraphs[0].tensors[op.outputs[0]].name.decode(): j
+                   for j, op in enumerate(f.subgraphs[0].operators)}
+        got, _ = bias._output(bias._prefix(m, index[name]), x)
+        ref, _ = bias._output(bias._prefix(f, f_index[name]), x)
+        return float(np.abs((got - ref).mean(0)).mean())
+
+    last = [n for k, n in flatbuffer.op_list(plain) if k == "CONV_2D" and "project" in n][-1]
+    assert mean_error(fixed, last) < 0.25 * mean_error(plain, last)
+
+    def biases(tfl: bytes) -> dict:
+        m = flatbuffer.load_model(tfl)
+        sg = m.subgraphs[0]
+        def values(t) -> bytes:
+            return bytes(bytearray(m.buffers[t.buffer].data))
+
+        return {sg.tensors[op.outputs[0]].name.decode(): values(sg.tensors[op.inputs[2]])
+                for op in sg.operators if len(op.inputs) > 2 and op.inputs[2] >= 0}
+
+    with_float = quantize_calibrated(cal, "float32", [last])
+    before, after = biases(with_float), biases(bias.corrected(with_float, shifts))
+    assert after[last] == before[last]
+    assert sum(after[n] != before[n] for n in before) >= len(before) // 2
 
 
 def test_ops_kept_in_float_are_float_in_the_file(ctx):
@@ -474,6 +524,7 @@ def test_export_climbs_the_ladder_and_records_it(ctx, tmp_path, monkeypatch):
     assert len(c["ranking"]) == 3 and c["ranking"][0]["share"] >= c["ranking"][-1]["share"]
     chosen = next(r for r in c["rungs"] if r["float_ops"] == c["float_ops"])
     assert chosen["ok"] and 0.0 <= chosen["estimated_agreement"] <= 1.0
+    assert c["bias_correction"]["convs"] > 0 and c["bias_correction"]["images"] == 16
     meta = read_meta(tmp_path / "run" / "model-int8.tflite")
     assert meta.get("float_ops", []) == c["float_ops"]
 
