@@ -27,11 +27,11 @@ The ladder, for TFLite and ONNX alike (an ONNX int8 file is converted from the T
    lifts much, so the ladder's own goal is the share of head noise removed.
 4. Rungs are tried in order: the plain file, then each of the top MAX_FLOAT_OPS ranked ops added to the
    best rung so far, which keeps it only if the rung's measured head noise fell (`climb`: shares measured
-   one op at a time need not add up); the first rung that meets the target ships. Without one, the rung that passes --max-drop and removes the
-   most head noise ships (k ops in float only if they remove at least min_cut(k)) and the missed target
-   is said; exit 3 only when no rung passes --max-drop. A file whose ops in float make it more than
-   MAX_LATENCY slower than the plain file (timed here, alternately) is passed over for the next choice:
-   int8 is for speed.
+   one op at a time need not add up); the first rung that meets the target ships. Without one, the rung
+   that passes --max-drop and removes the most head noise ships (k ops in float only if they remove at
+   least min_cut(k)) and the missed target is said; exit 3 only when no rung passes --max-drop. A file
+   whose ops in float make it more than MAX_LATENCY slower than the plain file (timed here, alternately)
+   is passed over for the next choice: int8 is for speed.
 """
 
 from __future__ import annotations

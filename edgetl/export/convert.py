@@ -9,9 +9,8 @@ from pathlib import Path
 
 from ..core.formats import Format
 from ..core.runtime import INT8_WEIGHTS
-from ..model.bias import corrected
-from ..model.convert import (INPUT_NAME, OUTPUT_NAME, calibrated_tflite, int8_bias_shifts, quantize_calibrated,
-                             serving_fn)
+from ..model import bias
+from ..model.convert import INPUT_NAME, OUTPUT_NAME, calibrated_tflite, quantize_calibrated, serving_fn
 from ..model.tfenv import tf_and_keras, tflite_converter
 from .context import ExportContext
 from .onnx_int8 import bounded_pairs, float_layers_kept_float, unsigned_activations, unsigned_weights
@@ -50,9 +49,9 @@ def tflite_int8_bytes(ctx: ExportContext, io: str = "int8") -> bytes:
     if key in ctx.cache:
         return ctx.cache[key]
     if not ctx.qat_graph:
-        out = quantize_calibrated(calibrated(ctx), io, ctx.float_ops)
+        out = _quantized(ctx, io, ctx.float_ops)
         if ctx.correct_biases:
-            out = corrected(out, bias_shifts(ctx))
+            out = bias.corrected(out, bias_shifts(ctx))
     else:
         tf, conv = _tflite_converter(ctx, quantized=True)
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -72,14 +71,32 @@ def calibrated(ctx: ExportContext) -> bytes:
     return ctx.cache["int8-calibrated"]
 
 
+def _quantized(ctx: ExportContext, io: str, float_ops: tuple) -> bytes:
+    """The converter's int8 file of the calibrated ranges with float_ops in float (no bias correction),
+    made once per export."""
+    key = ("tflite-int8-converter", io, float_ops)
+    if key not in ctx.cache:
+        ctx.cache[key] = quantize_calibrated(calibrated(ctx), io, float_ops)
+    return ctx.cache[key]
+
+
 def bias_shifts(ctx: ExportContext) -> dict:
-    """The plain int8 file's bias shifts (model.convert.int8_bias_shifts), measured once per export."""
-    if "int8-bias-shifts" not in ctx.cache:
-        cal, x = calibrated(ctx), ctx.calibration_inputs()
+    """The plain int8 file's bias shifts (model.bias), measured once per export."""
+    return _bias(ctx)[0]
+
+
+def bias_record(ctx: ExportContext) -> dict:
+    """What the manifest records of the bias correction: convs corrected, images and seconds it took."""
+    shifts, seconds = _bias(ctx)
+    return {"convs": len(shifts), "images": min(bias.BIAS_IMAGES, ctx.calib_used), "seconds": seconds}
+
+
+def _bias(ctx: ExportContext) -> tuple[dict, float]:
+    if "int8-bias" not in ctx.cache:
         t0 = time.perf_counter()
-        ctx.cache["int8-bias-shifts"] = int8_bias_shifts(cal, x)
-        ctx.cache["int8-bias-seconds"] = round(time.perf_counter() - t0, 1)
-    return ctx.cache["int8-bias-shifts"]
+        shifts = bias.bias_shifts(_quantized(ctx, "float32", ()), calibrated(ctx), ctx.calibration_inputs())
+        ctx.cache["int8-bias"] = (shifts, round(time.perf_counter() - t0, 1))
+    return ctx.cache["int8-bias"]
 
 
 def tflite_int8(ctx: ExportContext, fmt: Format) -> bytes:

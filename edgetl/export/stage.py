@@ -20,14 +20,13 @@ from ..core.errors import ArtifactCheckError, EdgetlError, describe, no_space
 from ..core.formats import FORMATS, FP32_OF, Format
 from ..core.rundir import MANIFEST_FILE, META_FILE
 from ..core.runtime import INT8_WEIGHTS
-from ..model.bias import BIAS_IMAGES
 from . import control as control_mod
 from . import manifest as manifest_file
 from .artifacts import compact_checked, embed
 from .budget import fit_size_budget
 from .config import ExportConfig, check_inputs
 from .context import ExportContext, build_context
-from .convert import bias_shifts, converted, tflite_int8_bytes
+from .convert import bias_record, converted, tflite_int8_bytes
 from .parity import drop_message, parity
 
 
@@ -192,8 +191,7 @@ def _ladder(ctx: ExportContext, fmt: Format, max_drop: float | None):
         return control_mod.latency_ratio(fmt, plain[0], made[ops][0]) if plain else None
 
     chosen, record = control_mod.run_ladder(ctx, fmt, quantize, check, latency)
-    record["bias_correction"] = {"convs": len(bias_shifts(ctx)), "images": min(BIAS_IMAGES, ctx.calib_used),
-                                 "seconds": ctx.cache.get("int8-bias-seconds")}
+    record["bias_correction"] = bias_record(ctx)
     if chosen is None:
         ctx.float_ops = ()
         first = made.get(())

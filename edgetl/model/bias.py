@@ -72,18 +72,14 @@ def _output(tfl: bytes, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     return (raw.astype(np.float32) - zero) * scale, raw
 
 
-def _bias(m, op) -> tuple[np.ndarray, np.ndarray, object]:
-    """(int32 bias values, their per-channel scales, the tensor) of a conv."""
+def _take_off(m, op, shift: np.ndarray) -> None:
+    """Move a conv's int32 bias by -shift (float units, per channel, in steps of its bias scales), in a
+    buffer of its own (the converter shares identical buffers)."""
     t = m.subgraphs[0].tensors[op.inputs[2]]
-    values = np.frombuffer(bytes(bytearray(m.buffers[t.buffer].data)), np.int32).copy()
-    return values, np.asarray(t.quantization.scale, np.float64), t
-
-
-def _set_bias(m, t, values: np.ndarray) -> None:
-    """Write a bias tensor's values into a buffer of its own (the converter shares identical buffers)."""
-    shared = sum(x.buffer == t.buffer for sg in m.subgraphs for x in sg.tensors) > 1
+    values = np.frombuffer(bytes(bytearray(m.buffers[t.buffer].data)), np.int32).astype(np.int64)
+    values -= np.round(shift / np.asarray(t.quantization.scale, np.float64)).astype(np.int64)
     data = np.frombuffer(np.clip(values, -2**31, 2**31 - 1).astype(np.int32).tobytes(), np.uint8)
-    if shared:
+    if sum(x.buffer == t.buffer for sg in m.subgraphs for x in sg.tensors) > 1:
         buf = schema().BufferT()
         buf.data = data
         m.buffers.append(buf)
@@ -95,7 +91,9 @@ def _set_bias(m, t, values: np.ndarray) -> None:
 def bias_shifts(int8: bytes, calibrated: bytes, xs: np.ndarray) -> dict[str, np.ndarray]:
     """{conv name (its output tensor's): per-channel shift in float units to take off its bias}, measured
     on the float-input int8 file `int8` against `calibrated` (model.convert.calibrated_tflite's file, whose
-    ops carry the same names) for the preprocessed images xs, sequentially (module docstring)."""
+    ops carry the same names) for the first BIAS_IMAGES of the preprocessed images xs, sequentially (module
+    docstring)."""
+    xs = xs[:BIAS_IMAGES]
     m, f = load_model(int8), load_model(calibrated)
     f_ops = {f.subgraphs[0].tensors[op.outputs[0]].name: j for j, op in enumerate(f.subgraphs[0].operators)}
     shifts: dict[str, np.ndarray] = {}
@@ -111,8 +109,7 @@ def bias_shifts(int8: bytes, calibrated: bytes, xs: np.ndarray) -> dict[str, np.
             lo, hi = _EDGE, _RELU_MAX[act] - _EDGE
             keep &= (ref > lo) & (ref < hi) & (got > lo) & (got < hi)
         shift = np.where(keep, got - ref, 0.0).sum(0) / np.maximum(keep.sum(0), 1)
-        values, scales, t = _bias(m, op)
-        _set_bias(m, t, values - np.round(shift / scales).astype(np.int64))
+        _take_off(m, op, shift)
         shifts[name.decode()] = shift
     return shifts
 
@@ -125,6 +122,5 @@ def corrected(tfl: bytes, shifts: dict[str, np.ndarray]) -> bytes:
     for _, op in _convs(m):
         shift = shifts.get(m.subgraphs[0].tensors[op.outputs[0]].name.decode())
         if shift is not None:
-            values, scales, t = _bias(m, op)
-            _set_bias(m, t, values - np.round(shift / scales).astype(np.int64))
+            _take_off(m, op, shift)
     return pack_tflite(m)

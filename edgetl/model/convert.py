@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .bias import BIAS_IMAGES, bias_shifts, corrected
+from .bias import bias_shifts, corrected
 from .tfenv import tf_and_keras, tflite_converter
 
 INPUT_NAME, OUTPUT_NAME = "input", "probabilities"
@@ -57,15 +57,10 @@ def quantize_calibrated(calibrated: bytes, io: str = "int8", float_ops=()) -> by
     return bytes(_deduplicate_readonly_buffers(out))
 
 
-def int8_bias_shifts(calibrated: bytes, calib_x: np.ndarray) -> dict:
-    """The bias shifts (model.bias) of `calibrated`'s plain int8 file, measured on the first BIAS_IMAGES
-    calibration images."""
-    return bias_shifts(quantize_calibrated(calibrated, "float32"), calibrated, calib_x[:BIAS_IMAGES])
-
-
 def int8_tflite(model, size: int, calib_x: np.ndarray, io: str = "int8") -> bytes:
     """Full-integer TFLite of a float Keras model: int8 weights and activations, int8-only kernels, int8 /
     uint8 (or float32) input and output; activation ranges calibrated on calib_x (preprocessed images,
-    fed one at a time in this order), conv biases corrected (model.bias) on the first of them."""
+    fed one at a time in this order), conv biases corrected (model.bias) as export corrects them."""
     cal = calibrated_tflite(model, size, calib_x)
-    return corrected(quantize_calibrated(cal, io), int8_bias_shifts(cal, calib_x))
+    shifts = bias_shifts(quantize_calibrated(cal, "float32"), cal, calib_x)
+    return corrected(quantize_calibrated(cal, io), shifts)
