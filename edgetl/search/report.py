@@ -49,14 +49,27 @@ def print_report(console, report: dict) -> None:
         r = by[n]
         c = r["config"]
         config = f"{c['alpha']:g} {c['image_size']} {c['head']} {c['dropout']:.1f} +{c['augment']} {c['format']}"
-        tab.add_row(str(n), config, f"{r['val_accuracy']:.3f}", f"{r['latency_ms']:.2f}", f"{r['size_mb']:.2f}",
-                    f"{r['ram_mb']:.0f}", "yes" if r["feasible"] else "+" + misses_text(r["misses"], short=True))
+        tab.add_row(str(n) + ("*" if r.get("baseline") else ""), config, f"{r['val_accuracy']:.3f}",
+                    f"{r['latency_ms']:.2f}", f"{r['size_mb']:.2f}", f"{r['ram_mb']:.0f}",
+                    "yes" if r["feasible"] else "+" + misses_text(r["misses"], short=True))
     console.print(tab)
+    if any(by[n].get("baseline") for n in report["pareto"]):
+        console.print("* train's defaults (the study's first trials)", highlight=False)
     best = report["best"]
     if best is not None:
         console.print(f"best feasible: trial {best['trial']}: {describe(best['config'])}: val accuracy "
                       f"[bold]{best['val_accuracy']:.3f}[/], {best['latency_ms']:.2f} ms "
                       f"({best['latency_source']}), {best['size_mb']:.2f} MB", highlight=False)
+        base = report.get("baseline") or {}
+        if best.get("baseline"):
+            console.print("the best feasible trial is train's defaults: no configuration beat them on val by more "
+                          "than one image", highlight=False)
+        elif base.get("best_trial") is not None:
+            b = by[base["best_trial"]]
+            console.print(f"train's defaults at their best, trial {b['number']} ({describe(b['config'])}): val "
+                          f"accuracy {b['val_accuracy']:.3f}, {b['latency_ms']:.2f} ms, {b['size_mb']:.2f} MB; "
+                          f"the best feasible: {100 * (best['val_accuracy'] - b['val_accuracy']):+.1f} points at "
+                          f"{best['latency_ms'] / b['latency_ms']:.2f}x the latency", highlight=False)
     elif report["closest"] is not None:
         c = report["closest"]
         console.print(f"[yellow]nothing fits the budget[/]: the closest is trial {c['trial']} "

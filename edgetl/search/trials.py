@@ -17,8 +17,9 @@ from ..core import images
 from ..model import backbone
 from ..model.graph import count_macs
 from ..model.predict import evaluate_head
+from ..model.recipe import DEFAULT_ALPHA, DEFAULT_SIZE, Recipe
 from ..model.session import Session, fresh_keras
-from .config import JOURNAL_FILE, Prepared, SearchConfig
+from .config import JOURNAL_FILE, MAX_DROPOUT, Prepared, SearchConfig
 from .probe import Prober, locked
 
 STUDY_NAME = "edgetl-search"
@@ -153,9 +154,22 @@ def suggest(trial, cfg: SearchConfig, p: Prepared) -> dict:
     return {"alpha": trial.suggest_categorical("alpha", p.alphas),
             "image_size": trial.suggest_categorical("image_size", p.sizes),
             "head": trial.suggest_categorical("head", p.heads),
-            "dropout": trial.suggest_float("dropout", 0.0, 0.6, step=0.1),
+            "dropout": trial.suggest_float("dropout", 0.0, MAX_DROPOUT, step=0.1),
             "augment": trial.suggest_int("augment", 0, cfg.augment),
             "format": trial.suggest_categorical("format", p.formats)}
+
+
+def baseline(cfg: SearchConfig, p: Prepared) -> list[dict]:
+    """The configurations the study starts from: what `edgetl train DATA` trains by default (its width if
+    searched, else the narrowest; 224 px, else the largest size; its head, dropout and views) in each
+    format of the space, up to a third of the trials. They are the known-good point the search must beat,
+    and in one set of features they tell the sampler which format is fastest on this CPU."""
+    d = {f.name: f.default for f in dataclasses.fields(Recipe)}
+    config = {"alpha": DEFAULT_ALPHA if DEFAULT_ALPHA in p.alphas else min(p.alphas),
+              "image_size": DEFAULT_SIZE if DEFAULT_SIZE in p.sizes else max(p.sizes),
+              "head": d["head"] if d["head"] in p.heads else p.heads[0],
+              "dropout": min(d["dropout"], MAX_DROPOUT), "augment": min(d["augment"], cfg.augment)}
+    return [{**config, "format": f} for f in p.formats[:max(1, min(len(p.formats), cfg.trials // 3))]]
 
 
 def record(trial, res: dict) -> None:

@@ -38,7 +38,11 @@ def test_search_end_to_end_tiny(tiny_data, tmp_path):
     near = [t for t in rep["trials"] if t["val_accuracy"] >= max(x["val_accuracy"] for x in rep["trials"])
             - 1 / t["n_val"] - 1e-9]
     assert best["feasible"] and best["trial"] in [t["number"] for t in near]
-    assert best["latency_ms"] == min(t["latency_ms"] for t in near)
+    assert best["latency_ms"] <= min(t["latency_ms"] for t in near) * (1 + stage.LATENCY_NOISE)
+    # the study starts from train's defaults (one format: a third of 3 trials), the other trials sampled
+    assert [t["baseline"] for t in rep["trials"]] == [True, False, False] and rep["baseline"]["trials"] == [0]
+    assert rep["trials"][0]["config"] == {"alpha": 0.35, "image_size": 64, "head": "linear", "dropout": 0.5,
+                                          "augment": 1, "format": "tflite-fp32"}
     # the best configuration trained into OUT/best (train's own run) and its file exported and checked
     run = Run(out / "best")
     assert best["run"] == str(out / "best") and run.meta["image_size"] == best["config"]["image_size"]
@@ -147,14 +151,3 @@ def test_every_searchable_format_is_probed(tmp_path, fmt):
     got = prober.get(0.35, 32, "linear", fmt, ["a", "b"], calib)
     assert got["size_mb"] > 0 and got["latency_ms"] > 0 and got["latency_source"] == "measured"
     assert (tmp_path / "probes" / got["file"].split("/")[-1]).is_file()
-
-
-def test_the_best_trial_is_the_fastest_within_one_val_image_of_the_top():
-    """One val image is within the luck of picking the top of many trials: among the trials that close to
-    the highest val accuracy the fastest ships (then the smallest); further behind, accuracy wins."""
-    def t(n, acc, ms, mb=1.0):
-        return {"number": n, "val_accuracy": acc, "latency_ms": ms, "size_mb": mb, "n_val": 100}
-
-    assert stage.choose_best([t(0, 1.00, 0.9), t(1, 0.99, 0.5), t(2, 0.99, 0.5, 0.5), t(3, 0.98, 0.1)])["number"] == 2
-    assert stage.choose_best([t(0, 1.00, 0.9), t(3, 0.98, 0.1)])["number"] == 0
-    assert stage.choose_best([]) is None

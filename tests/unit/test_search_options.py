@@ -10,6 +10,8 @@ from edgetl.core.errors import EdgetlError
 from edgetl.search.config import JOURNAL_FILE, SearchConfig, validate
 from edgetl.search.estimate import estimate_latency_ms
 from edgetl.search.report import pareto
+from edgetl.search.stage import LATENCY_NOISE, baseline_summary, choose_best
+from edgetl.search.trials import baseline
 
 
 def _cfg(data, out, **kw):
@@ -67,3 +69,43 @@ def test_pareto_keeps_the_non_dominated():
     rows = [{"number": i, "val_accuracy": a, "latency_ms": lat, "size_mb": s}
             for i, (a, lat, s) in enumerate([(0.9, 1.0, 1.0), (0.8, 2.0, 2.0), (0.95, 3.0, 1.0), (0.9, 1.0, 0.5)])]
     assert [r["number"] for r in pareto(rows)] == [2, 3]
+
+
+def test_the_study_starts_from_train_s_defaults(tmp_path):
+    """train's defaults in the space, one trial per format, up to a third of the trials; the width falls back
+    to the narrowest searched, the size to the largest, the views to --augment."""
+    data = factory.image_folder(tmp_path / "data")
+    p = validate(_cfg(data, tmp_path / "out", sizes="160,224", formats="tflite-fp32,tflite-int8,onnx-int8"))
+    got = baseline(p.cfg, p)
+    assert [b["format"] for b in got] == ["tflite-fp32", "tflite-int8", "onnx-int8"]
+    assert {(b["alpha"], b["image_size"], b["head"], b["dropout"], b["augment"]) for b in got} == {
+        (0.35, 224, "linear", 0.5, 2)}
+    p = validate(_cfg(data, tmp_path / "out", sizes="96,128", heads="dense128", augment=1, trials=6,
+                      alphas="0.5", formats="tflite-fp32,tflite-int8,onnx-int8"))
+    assert baseline(p.cfg, p) == [{"alpha": 0.5, "image_size": 128, "head": "dense128", "dropout": 0.5, "augment": 1,
+                                   "format": f} for f in ("tflite-fp32", "tflite-int8")]
+
+
+def _t(n, acc, ms, mb=1.0, base=False):
+    return {"number": n, "val_accuracy": acc, "latency_ms": ms, "size_mb": mb, "n_val": 100, "baseline": base,
+            "feasible": True, "config": {"alpha": 0.35, "format": "tflite-int8"}}
+
+
+def test_the_best_is_the_smallest_of_the_fastest_within_one_val_image_of_the_top():
+    """One val image is within the luck of picking the top of many trials, and latencies within LATENCY_NOISE
+    within the noise of measuring them: among the trials that close to the top and to the fastest the
+    smallest file ships, then the higher val accuracy, then train's defaults; further behind, accuracy wins."""
+    assert choose_best([_t(0, 1.00, 0.9), _t(1, 0.99, 0.5), _t(2, 0.99, 0.5, 0.5), _t(3, 0.98, 0.1)])["number"] == 2
+    assert choose_best([_t(0, 1.00, 0.9), _t(3, 0.98, 0.1)])["number"] == 0
+    slower = 0.5 * (1 + LATENCY_NOISE / 2)
+    assert choose_best([_t(1, 1.00, 0.5, 0.6), _t(2, 0.99, slower, 0.4)])["number"] == 2  # equal speed, smaller
+    assert choose_best([_t(1, 1.00, 0.5, 0.6), _t(2, 0.99, 0.5 * (1 + 2 * LATENCY_NOISE), 0.4)])["number"] == 1
+    assert choose_best([_t(1, 1.00, 0.5), _t(2, 0.99, 0.5)])["number"] == 1  # equal speed and size: accuracy
+    assert choose_best([_t(1, 0.99, 0.5), _t(7, 0.99, slower, base=True)])["number"] == 7  # then the defaults
+    assert choose_best([]) is None
+
+
+def test_the_report_names_train_s_defaults_at_their_best():
+    rows = [_t(0, 0.95, 0.8, base=True), _t(1, 0.95, 0.5, 0.5, base=True), _t(2, 0.99, 0.6)]
+    assert baseline_summary(rows) == {"config": {"alpha": 0.35}, "trials": [0, 1], "best_trial": 1}
+    assert baseline_summary(rows[2:]) is None
