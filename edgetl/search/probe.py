@@ -88,20 +88,40 @@ class Prober:
             buf = proto.SerializeToString()
         write_bytes(path, buf)
         here = self.profile is None
-        job = {"path": str(path), "threads": self.threads, "min_time": self.min_time, "min_runs": MIN_RUNS,
-               "pixels": None, "labels": None, "timing": here}
-        res = self.measure(job)
+        res = self.measure(timing_job(path, self.threads, self.min_time, here))
         if res.get("status") != "ok":
             raise RuntimeError(f"{path.name}: {res.get('status')}")
         out = {"file": str(path), "size_mb": round(len(buf) / 1e6, 4), "ram_mb": round(res["peak_rss_mb"], 1),
                "macs": macs, "threads": self.threads}
         if here:
-            out.update(latency_ms=round(res["latency_ms"]["p50"], 4), latency_source="measured")
+            out.update(latency_ms=round(res["latency_ms"]["p50"], 4), latency_source="measured",
+                       latency_runs_ms=[round(res["latency_ms"]["p50"], 4)])
         else:
             out.update(latency_ms=round(estimate_latency_ms(macs, f.runtime, f.precision, self.threads,
                                                             self.peak_gmacs), 4),
                        latency_source="estimated", ram_source="measured on this machine")
         return out
+
+
+def timing_job(path: Path, threads: int, min_time: float, timing: bool = True) -> dict:
+    """bench's worker job for a probe file: p50 latency at batch 1 (timing) and peak RSS."""
+    return {"path": str(path), "threads": threads, "min_time": min_time, "min_runs": MIN_RUNS, "pixels": None,
+            "labels": None, "timing": timing}
+
+
+def measure_again(out: Path, key: str, min_time: float, measure) -> list[float]:
+    """A measured probe's latency measured once more in a fresh process; its record keeps every run and, as
+    its latency, the lowest (a busy machine only adds time, so the lowest p50 is the file's own)."""
+    rec = Path(out) / PROBES_DIR / f"{key}.json"
+    with locked(rec.parent / ".lock"):
+        r = json.loads(rec.read_text())
+        res = measure(timing_job(Path(r["file"]), r["threads"], min_time))
+        if res.get("status") != "ok":
+            raise RuntimeError(f"{Path(r['file']).name}: {res.get('status')}")
+        r["latency_runs_ms"] = r.get("latency_runs_ms", [r["latency_ms"]]) + [round(res["latency_ms"]["p50"], 4)]
+        r["latency_ms"] = min(r["latency_runs_ms"])
+        write_json(rec, r)
+    return r["latency_runs_ms"]
 
 
 @contextlib.contextmanager

@@ -39,6 +39,9 @@ def test_search_end_to_end_tiny(tiny_data, tmp_path):
             - 1 / t["n_val"] - 1e-9]
     assert best["feasible"] and best["trial"] in [t["number"] for t in near]
     assert best["latency_ms"] <= min(t["latency_ms"] for t in near) * (1 + stage.LATENCY_NOISE)
+    # the files the choice rests on were measured again: the report keeps the lowest of their runs
+    assert len(best["latency_runs_ms"]) == 2 and best["latency_ms"] == min(best["latency_runs_ms"])
+    assert all(len(t["latency_runs_ms"]) == 2 for t in near) and "measuring again the" in r.output
     # the study starts from train's defaults (one format: a third of 3 trials), the other trials sampled
     assert [t["baseline"] for t in rep["trials"]] == [True, False, False] and rep["baseline"]["trials"] == [0]
     assert rep["trials"][0]["config"] == {"alpha": 0.35, "image_size": 64, "head": "linear", "dropout": 0.5,
@@ -87,7 +90,8 @@ def test_search_resumes_without_losing_or_repeating_a_trial(tiny_data, tmp_path,
     monkeypatch.setattr(trials, "evaluate_head", real)
     first = {t.number: t for t in trials.load_study(out, 0, 4).get_trials() if t.state.name == "COMPLETE"}
     assert sorted(first) == [0, 1]
-    probes = {p.name: p.stat().st_mtime_ns for p in (out / "probes").glob("a*")}
+    probes = {p.name: p.stat().st_mtime_ns for p in (out / "probes").glob("a*") if p.suffix != ".json"}
+    runs = {p.name: json.loads(p.read_text())["latency_runs_ms"] for p in (out / "probes").glob("a*.json")}
 
     cfg = SearchConfig(**opts, resume=True)
     rep = stage.search(cfg, validate(cfg), run_worker, console=factory.quiet_console())
@@ -101,8 +105,11 @@ def test_search_resumes_without_losing_or_repeating_a_trial(tiny_data, tmp_path,
     # the interrupted trial ran again once, with its own parameters
     retry = [t for t in all_trials if t.user_attrs.get("retry_of") == 2]
     assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == all_trials[2].params
-    for name, mtime in probes.items():  # every measured file reused, none measured again
+    for name, mtime in probes.items():  # every file reused, none made again
         assert (out / "probes" / name).stat().st_mtime_ns == mtime
+    for name, first in runs.items():  # nor measured again for a trial (only once more, for the choice)
+        again = json.loads((out / "probes" / name).read_text())["latency_runs_ms"]
+        assert again[:len(first)] == first and len(again) - len(first) <= 1
 
 
 def test_search_workers_share_one_study(tiny_data, tmp_path):
