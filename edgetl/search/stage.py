@@ -130,20 +130,22 @@ def _key(params: dict) -> str:
 
 
 def confirm_latencies(cfg: SearchConfig, study, measure, profile, console) -> dict:
-    """The files the choice rests on, measured once more after the trials: the file of every trial within one
-    val image of the top that only latency could keep out. A probe is measured once, at whatever moment its
-    first trial ran, and a busy machine (another process, a noisy neighbour) can slow that one measurement by
-    a third; a second one minutes later seldom falls in the same moment. {probe key: its latency runs}; none
-    for a device profile (its latency is estimated)."""
+    """The files the choice rests on, measured once more after the trials: the file of every trial that only
+    latency could keep out and whose val accuracy is within one val image of the top feasible one, or above
+    it. A probe is measured once, at whatever moment its first trial ran, and a busy machine (another
+    process, a noisy neighbour) can slow that one measurement by a third; a second one minutes later seldom
+    falls in the same moment. {probe key: its latency runs}; none for a device profile (its latency is
+    estimated)."""
     import optuna
 
     trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if profile is not None or not trials:
+    cons = {t.number: t.user_attrs.get("constraints", [math.inf, math.inf]) for t in trials}
+    only_latency = [t for t in trials if all(c <= 0 for c in cons[t.number][1:])]
+    if profile is not None or not only_latency:
         return {}
-    top = max(t.value for t in trials)
+    top = max(t.value for t in ([t for t in only_latency if cons[t.number][0] <= 0] or only_latency))
     n_val = max(t.user_attrs.get("n_val") or 0 for t in trials)
-    keys = sorted({_key(t.params) for t in trials if t.value >= top - (1.0 / n_val if n_val else 0.0) - 1e-9
-                   and all(c <= 0 for c in t.user_attrs.get("constraints", [0, math.inf])[1:])})
+    keys = sorted({_key(t.params) for t in only_latency if t.value >= top - (1.0 / n_val if n_val else 0.0) - 1e-9})
     console.print(f"measuring again the {len(keys)} file(s) the choice rests on", highlight=False)
     return {k: measure_again(Path(cfg.out), k, cfg.min_time, measure) for k in keys}
 

@@ -160,3 +160,37 @@ def test_every_searchable_format_is_probed(tmp_path, fmt):
     got = prober.get(0.35, 32, "linear", fmt, ["a", "b"], calib)
     assert got["size_mb"] > 0 and got["latency_ms"] > 0 and got["latency_source"] == "measured"
     assert (tmp_path / "probes" / got["file"].split("/")[-1]).is_file()
+
+
+def test_the_files_the_choice_rests_on_are_measured_again(tmp_path):
+    """Measured again: every trial that only latency keeps out, within one val image of the top feasible one
+    or above it (a slow first measurement may have kept it out); not one kept out by its size, nor one
+    further behind. A report then takes the lowest of the runs."""
+    import optuna
+
+    from edgetl.search.probe import PROBES_DIR
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"alpha": optuna.distributions.CategoricalDistribution([0.35]),
+            "image_size": optuna.distributions.CategoricalDistribution([96, 128, 160, 192]),
+            "head": optuna.distributions.CategoricalDistribution(["linear"]),
+            "format": optuna.distributions.CategoricalDistribution(["tflite-int8"])}
+    (tmp_path / PROBES_DIR).mkdir()
+    for size, acc, cons in ((96, 0.90, [-0.1, -1, -1]), (128, 0.95, [0.2, -1, -1]), (160, 0.99, [-0.1, 0.5, -1]),
+                            (192, 0.50, [-0.1, -1, -1])):
+        study.add_trial(optuna.trial.create_trial(
+            params={"alpha": 0.35, "image_size": size, "head": "linear", "format": "tflite-int8"},
+            distributions=dist, value=acc, user_attrs={"n_val": 100, "constraints": cons}))
+        (tmp_path / PROBES_DIR / f"a0.35-{size}-linear-tflite-int8.json").write_text(json.dumps(
+            {"file": str(tmp_path / f"{size}.tflite"), "threads": 1, "latency_ms": 1.0}))
+    measured = []
+
+    def measure(job):
+        measured.append(job["path"])
+        return {"status": "ok", "latency_ms": {"p50": 0.5}}
+
+    cfg = SearchConfig(data=".", out=str(tmp_path), max_latency_ms=0.8)
+    got = stage.confirm_latencies(cfg, study, measure, None, factory.quiet_console())
+    assert got == {"a0.35-96-linear-tflite-int8": [1.0, 0.5], "a0.35-128-linear-tflite-int8": [1.0, 0.5]}
+    assert sorted(measured) == sorted(str(tmp_path / f"{s}.tflite") for s in (96, 128))
+    assert stage.confirm_latencies(cfg, study, measure, {"name": "rpi4"}, factory.quiet_console()) == {}
