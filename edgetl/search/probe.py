@@ -88,14 +88,11 @@ class Prober:
             buf = proto.SerializeToString()
         write_bytes(path, buf)
         here = self.profile is None
-        res = self.measure(timing_job(path, self.threads, self.min_time, here))
-        if res.get("status") != "ok":
-            raise RuntimeError(f"{path.name}: {res.get('status')}")
+        res = measured(self.measure, path, self.threads, self.min_time, here)
         out = {"file": str(path), "size_mb": round(len(buf) / 1e6, 4), "ram_mb": round(res["peak_rss_mb"], 1),
                "macs": macs, "threads": self.threads}
         if here:
-            out.update(latency_ms=round(res["latency_ms"]["p50"], 4), latency_source="measured",
-                       latency_runs_ms=[round(res["latency_ms"]["p50"], 4)])
+            out.update(latency_ms=res["p50_ms"], latency_source="measured", latency_runs_ms=[res["p50_ms"]])
         else:
             out.update(latency_ms=round(estimate_latency_ms(macs, f.runtime, f.precision, self.threads,
                                                             self.peak_gmacs), 4),
@@ -103,10 +100,14 @@ class Prober:
         return out
 
 
-def timing_job(path: Path, threads: int, min_time: float, timing: bool = True) -> dict:
-    """bench's worker job for a probe file: p50 latency at batch 1 (timing) and peak RSS."""
-    return {"path": str(path), "threads": threads, "min_time": min_time, "min_runs": MIN_RUNS, "pixels": None,
-            "labels": None, "timing": timing}
+def measured(measure, path: Path, threads: int, min_time: float, timing: bool = True) -> dict:
+    """bench's worker run on a probe file in a fresh process (p50 latency at batch 1 when timing, peak RSS):
+    its result with "p50_ms"; RuntimeError naming the file when the worker failed."""
+    res = measure({"path": str(path), "threads": threads, "min_time": min_time, "min_runs": MIN_RUNS,
+                   "pixels": None, "labels": None, "timing": timing})
+    if res.get("status") != "ok":
+        raise RuntimeError(f"{Path(path).name}: {res.get('status')}")
+    return {**res, "p50_ms": round(res["latency_ms"]["p50"], 4) if timing else None}
 
 
 def measure_again(out: Path, key: str, min_time: float, measure) -> list[float]:
@@ -115,10 +116,8 @@ def measure_again(out: Path, key: str, min_time: float, measure) -> list[float]:
     rec = Path(out) / PROBES_DIR / f"{key}.json"
     with locked(rec.parent / ".lock"):
         r = json.loads(rec.read_text())
-        res = measure(timing_job(Path(r["file"]), r["threads"], min_time))
-        if res.get("status") != "ok":
-            raise RuntimeError(f"{Path(r['file']).name}: {res.get('status')}")
-        r["latency_runs_ms"] = r.get("latency_runs_ms", [r["latency_ms"]]) + [round(res["latency_ms"]["p50"], 4)]
+        p50 = measured(measure, Path(r["file"]), r["threads"], min_time)["p50_ms"]
+        r["latency_runs_ms"] = r.get("latency_runs_ms", [r["latency_ms"]]) + [p50]
         r["latency_ms"] = min(r["latency_runs_ms"])
         write_json(rec, r)
     return r["latency_runs_ms"]

@@ -144,8 +144,8 @@ def confirm_latencies(cfg: SearchConfig, study, measure, profile, console) -> di
     if profile is not None or not only_latency:
         return {}
     top = max(t.value for t in ([t for t in only_latency if cons[t.number][0] <= 0] or only_latency))
-    n_val = max(t.user_attrs.get("n_val") or 0 for t in trials)
-    keys = sorted({_key(t.params) for t in only_latency if t.value >= top - (1.0 / n_val if n_val else 0.0) - 1e-9})
+    cut = near_top(top, max(t.user_attrs.get("n_val") or 0 for t in trials))
+    keys = sorted({_key(t.params) for t in only_latency if t.value >= cut})
     console.print(f"measuring again the {len(keys)} file(s) the choice rests on", highlight=False)
     return {k: measure_again(Path(cfg.out), k, cfg.min_time, measure) for k in keys}
 
@@ -192,6 +192,11 @@ def build_report(cfg: SearchConfig, p: Prepared, study, profile, seconds: float,
     }
 
 
+def near_top(top: float, n_val: int) -> float:
+    """The lowest val accuracy within one val image of `top` (of n_val images)."""
+    return top - (1.0 / n_val if n_val else 0.0) - 1e-9
+
+
 def choose_best(feasible: list[dict]) -> dict | None:
     """The feasible trial that ships. Of 30 configurations scored on the same ~150 val images the top one is
     partly luck (flowers12: 15 of 30 trials at 143 of its 144 val images, heads that score 0.94-0.98 on its
@@ -202,9 +207,8 @@ def choose_best(feasible: list[dict]) -> dict | None:
     then the higher val accuracy."""
     if not feasible:
         return None
-    top = max(r["val_accuracy"] for r in feasible)
-    n_val = max((r.get("n_val") or 0) for r in feasible)
-    near = [r for r in feasible if r["val_accuracy"] >= top - (1.0 / n_val if n_val else 0.0) - 1e-9]
+    cut = near_top(max(r["val_accuracy"] for r in feasible), max((r.get("n_val") or 0) for r in feasible))
+    near = [r for r in feasible if r["val_accuracy"] >= cut]
     near = [r for r in near if r.get("baseline")] or near
     fastest = min(r["latency_ms"] for r in near)
     quick = [r for r in near if r["latency_ms"] <= fastest * (1 + LATENCY_NOISE)]
