@@ -43,7 +43,7 @@ def shifted_copy(src: Path, dst: Path, kind: str, size: int) -> int:
     from PIL import Image
 
     from edgetl.core.data import IMAGE_SUFFIXES
-    from edgetl.core.images import ImageDecodeError, load_image
+    from edgetl.core.images import ImageDecodeError, decoding_of, load_image, preprocessing_spec
     from edgetl.train.adapt import shift_pixels
 
     n = 0
@@ -51,7 +51,7 @@ def shifted_copy(src: Path, dst: Path, kind: str, size: int) -> int:
         if not p.is_file() or p.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         try:
-            arr = load_image(p, size)
+            arr = load_image(p, size, decoding_of(preprocessing_spec(size)))
         except ImageDecodeError:
             continue
         out = (dst / p.relative_to(src)).with_suffix(".png")

@@ -61,7 +61,7 @@ def predict(model_path: Path, inputs: list[Path], top_k: int = 3, as_json: bool 
         results = []
         for f in files:
             try:
-                px = images.load_image(f, model.image_size, images.jpeg_draft_of(model.spec))
+                px = images.load_image(f, model.image_size, images.decoding_of(model.spec))
             except images.ImageDecodeError as e:
                 skipped.append({"file": str(f), "reason": str(e)})
                 continue

@@ -131,14 +131,14 @@ def prepare_eval(targets: list[Target], data_dir: Path | None, tmp: Path, consol
         if t.status or t.meta is None:
             continue
         classes, size = list(t.meta["classes"]), int(t.meta["preprocessing"]["size"][0])
-        draft = images.jpeg_draft_of(t.meta["preprocessing"])
+        decoding = images.decoding_of(t.meta["preprocessing"])
         found = _eval_items(t, classes, data_dir)
         if found is None:
             continue
         items, ignored, source, split = found
-        key = f"{source}|{size}|{draft}|{','.join(classes)}"
+        key = f"{source}|{size}|{decoding.jpeg_draft}|{decoding.antialias}|{','.join(classes)}"
         if key not in sets:
-            sets[key] = _decode(items, size, draft, len(sets), tmp, console, source)
+            sets[key] = _decode(items, size, decoding, len(sets), tmp, console, source)
             sets[key].update(ignored=len(ignored), split=split)
         t.eval_key = key
     return sets
@@ -171,11 +171,11 @@ def _eval_items(t: Target, classes: list[str], data_dir: Path | None) -> tuple[l
     return None
 
 
-def _decode(items, size, draft: int, idx, tmp: Path, console, source) -> dict:
+def _decode(items, size, decoding: images.Decoding, idx, tmp: Path, console, source) -> dict:
     with progress(console, transient=True) as prog:
         task = prog.add_task(f"decoding {len(items)} eval images at {size}px", total=len(items))
         pix, labels, _, skipped = images.decode_all(items, size, progress=lambda: prog.advance(task),
-                                                    jpeg_draft=draft)
+                                                    decoding=decoding)
     px, lb = tmp / f"eval{idx}_{size}.npy", tmp / f"eval{idx}_{size}_labels.npy"
     np.save(px, pix)
     np.save(lb, labels)

@@ -11,7 +11,7 @@ import numpy as np
 from ..core.console import progress as progress_bar
 from ..core.data import seeded_subset
 from ..core.errors import EdgetlError
-from ..core.images import decode_all, jpeg_draft_of, preprocess
+from ..core.images import decode_all, decoding_of, preprocess
 from ..core.runtime import INT8_WEIGHTS
 from ..core.rundir import META_FILE, MODEL_FILE, Run, sha256_file
 from ..model.graph import count_macs
@@ -50,7 +50,7 @@ class ExportContext:
         """Preprocessed calibration images: a seeded sample of the run's training split (decoded once)."""
         if self._calib_x is None:
             items = seeded_subset(self.calib_items, self.calib_n, self.seed)
-            pix, _, _, _ = decode_all(items, self.size, jpeg_draft=jpeg_draft_of(self.spec))
+            pix, _, _, _ = decode_all(items, self.size, decoding=decoding_of(self.spec))
             if len(pix) == 0:
                 raise EdgetlError(f"RUN {self.run.path}: none of the {len(items)} training images could be decoded "
                                   "for int8 calibration")
@@ -120,7 +120,7 @@ def build_context(run: Run, calib_items: list, val_items: list, calib_n: int, se
         int8_model = _loaded(run, load_int8_model, int8_path.name)
     bar.advance(t)
     t = bar.add_task("validation images", total=len(val_items))
-    pix, y, _, skipped = decode_all(val_items, size, progress=lambda: bar.advance(t), jpeg_draft=jpeg_draft_of(spec))
+    pix, y, _, skipped = decode_all(val_items, size, progress=lambda: bar.advance(t), decoding=decoding_of(spec))
     if len(pix) == 0:
         raise EdgetlError(f"RUN {run.path}: none of the {len(val_items)} validation images could be decoded")
     val_x = preprocess(pix, spec)

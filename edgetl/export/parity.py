@@ -13,7 +13,7 @@ import numpy as np
 
 from ..core.errors import ArtifactCheckError, EdgetlError
 from ..core.formats import Format
-from ..core.images import decode_all, jpeg_draft_of, preprocess
+from ..core.images import decode_all, decoding_of, preprocess
 from ..model.predict import predict
 from .context import ExportContext
 from .onnx_int8 import saturation_risks
@@ -55,7 +55,7 @@ def _test_set(ctx: ExportContext):
     export; None without any."""
     if "test-set" not in ctx.cache:
         items = [(p, y) for p, y in ctx.run.split_items("test") if Path(p).is_file()]
-        pix, y, _, _ = decode_all(items, ctx.size, jpeg_draft=jpeg_draft_of(ctx.spec))
+        pix, y, _, _ = decode_all(items, ctx.size, decoding=decoding_of(ctx.spec))
         ctx.cache["test-set"] = (preprocess(pix, ctx.spec), y) if len(y) else None
     return ctx.cache["test-set"]
 

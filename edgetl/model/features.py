@@ -48,7 +48,7 @@ class FeaturePipeline:
         self.n_val = len(self.items) - n_train if n_val is None else n_val
         self.augment, self.seed = augment, seed
         self.on_decoded, self.on_features = on_decoded, on_features
-        self._draft = images.jpeg_draft_of(spec)
+        self._decoding = images.decoding_of(spec)
         self.seconds = 0.0  # thread time spent computing features (all threads)
         self._durations: list[float] = []
         self._local = threading.local()  # each thread's own TFLite interpreter
@@ -73,7 +73,7 @@ class FeaturePipeline:
     def _decode(self, start: int, stop: int) -> list:
         out = []
         for item in self.items[start:stop]:
-            out.append(decode_item(item, self.size, self._draft))
+            out.append(decode_item(item, self.size, self._decoding))
             if self.on_decoded is not None:
                 self.on_decoded()
         return out

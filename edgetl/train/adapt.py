@@ -35,7 +35,7 @@ import numpy as np
 from ..core.console import progress
 from ..core.data import seeded_subset
 from ..core.errors import EdgetlError
-from ..core.images import decode_all, jpeg_draft_of
+from ..core.images import decode_all, decoding_of
 from ..model.bn import assign_bn_stats, bn_layers, estimate_bn_stats
 
 SHIFTS = ("low-light", "colour-cast", "grayscale", "low-contrast", "blur")
@@ -117,7 +117,7 @@ def source_pixels(run, console=None, limit: int | None = 1000) -> np.ndarray | N
         with progress(console) as prog:
             task = prog.add_task("decode source-run images", total=len(items))
             pixels = decode_all(items, run.image_size, progress=lambda: prog.advance(task),
-                                jpeg_draft=jpeg_draft_of(run.preprocessing))[0]
+                                decoding=decoding_of(run.preprocessing))[0]
     if len(pixels) < 2:
         if console is not None:
             console.print(f"[yellow]adapt-bn:[/] the training images of {run.path} are no longer readable; "

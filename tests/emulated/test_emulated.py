@@ -39,11 +39,11 @@ def arm_env() -> Path:
 def host_probs(arm_env, tiny_exported, tmp_path_factory) -> dict:
     """{format: per-image probabilities} of this machine's run, decoded exactly as bench decodes them."""
     from edgetl.bench.worker import measure
-    from edgetl.core.images import decode_all, jpeg_draft_of
+    from edgetl.core.images import decode_all, decoding_of
 
     tmp = tmp_path_factory.mktemp("host")
     r = Run(tiny_exported)
-    pix, labels, _, _ = decode_all(r.split_items("val"), r.image_size, jpeg_draft=jpeg_draft_of(r.preprocessing))
+    pix, labels, _, _ = decode_all(r.split_items("val"), r.image_size, decoding=decoding_of(r.preprocessing))
     np.save(tmp / "px.npy", pix)
     np.save(tmp / "y.npy", labels)
     out = {}

@@ -15,7 +15,7 @@ import pytest
 from conftest import in_ci
 from edgetl.core import runtime
 from edgetl.core.formats import EXPORT_FORMATS, FORMATS
-from edgetl.core.images import jpeg_draft_of, load_image
+from edgetl.core.images import decoding_of, load_image
 from edgetl.core.rundir import Run
 
 HEAVY = ("tensorflow", "tf_keras", "keras", "onnx", "tf2onnx")
@@ -70,7 +70,7 @@ def test_predict_in_the_light_env_matches_the_full_env(light_python, tiny_export
         m = runtime.load(path)  # the full environment's runtime on the same file
         for p in doc["predictions"]:
             got = {t["label"]: t["probability"] for t in p["top"]}
-            want = m.predict_pixels(load_image(p["path"], m.image_size, jpeg_draft_of(m.spec))[None])[0]
+            want = m.predict_pixels(load_image(p["path"], m.image_size, decoding_of(m.spec))[None])[0]
             np.testing.assert_allclose([got[c] for c in m.classes], want, atol=1e-5, err_msg=name)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgetl.core.images import decode_all, jpeg_draft_of
+from edgetl.core.images import decode_all, decoding_of
 from edgetl.core.rundir import Run
 from edgetl.model.load import load_run_model
 from edgetl.train import qat
@@ -16,9 +16,9 @@ from edgetl.train.config import TrainConfig
 def test_qat_graph_agrees_with_its_int8_file_on_val(hymenoptera_run):
     run = Run(hymenoptera_run)
     train, val = run.split_items("train"), run.split_items("val")
-    draft = jpeg_draft_of(run.preprocessing)
-    tr_px, tr_y, tr_paths, _ = decode_all(train, run.image_size, jpeg_draft=draft)
-    va_px, va_y, _, _ = decode_all(val, run.image_size, jpeg_draft=draft)
+    decoding = decoding_of(run.preprocessing)
+    tr_px, tr_y, tr_paths, _ = decode_all(train, run.image_size, decoding=decoding)
+    va_px, va_y, _, _ = decode_all(val, run.image_size, decoding=decoding)
     model = load_run_model(run)
     before = [w.copy() for w in model.get_weights()]
     qm, info = qat.qat_phase(model, (tr_px, tr_y), (va_px, va_y), run.preprocessing,

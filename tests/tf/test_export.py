@@ -50,10 +50,10 @@ def one_line_error(res, *needles):
 @pytest.fixture(scope="module")
 def val_x(tiny_exported):
     """The run's preprocessed validation images (what export's parity check ran on)."""
-    from edgetl.core.images import decode_all, jpeg_draft_of, preprocess
+    from edgetl.core.images import decode_all, decoding_of, preprocess
 
     run = Run(tiny_exported)
-    pix, y, _, _ = decode_all(run.split_items("val"), run.image_size, jpeg_draft=jpeg_draft_of(run.preprocessing))
+    pix, y, _, _ = decode_all(run.split_items("val"), run.image_size, decoding=decoding_of(run.preprocessing))
     return preprocess(pix, run.preprocessing), y
 
 

@@ -602,3 +602,21 @@ def test_onnx_keeps_the_fast_encoding_unless_exact_weights_clearly_agree_better(
     est["s8-pairs"] = 0.995  # met with the fast encoding: u8 is not tried
     out = stage._controlled(ctx, onnx, None)[3]
     assert out["onnx_weights"] == "s8-pairs" and "onnx_weights_tried" not in out
+
+
+def test_export_says_why_an_onnx_file_ships_with_u8_weights():
+    """A file with exact u8 weights (no VNNI kernels in onnxruntime: slower on VNNI CPUs) is named as such in
+    export's note, with the estimate of the s8 file it beat; a file with the fast encoding is not."""
+    from edgetl.export.stage import _control_note
+
+    base = {"estimated_agreement": 0.984, "target": {"estimated_agreement": 0.99, "max_latency_ratio": 1.1},
+            "rungs": [], "result": "target missed"}
+    u8 = {**base, "float_ops": ["a", "b"], "onnx_weights": "u8",
+          "onnx_weights_estimates": {"s8-pairs": 0.971, "u8": 0.984}}
+    (line,) = _control_note("onnx-int8", u8)
+    assert "2 ops kept in float" in line and "u8 weights" in line and "(97.1% with s8" in line
+    assert "no VNNI kernel" in line
+    (line,) = _control_note("onnx-int8", {**u8, "float_ops": [], "result": "target met"})
+    assert line.startswith("onnx-int8: u8 weights, for their higher estimated agreement (97.1%")
+    assert "u8" not in _control_note("onnx-int8", {**base, "float_ops": ["a"], "onnx_weights": "s8-pairs"})[0]
+    assert _control_note("onnx-int8", {**base, "float_ops": [], "result": "target met"}) == []

@@ -11,7 +11,7 @@ import pytest
 
 import factory
 from edgetl.core import rundir
-from edgetl.core.images import decode_all, preprocess, preprocessing_spec, strong_augment
+from edgetl.core.images import decode_all, decoding_of, preprocess, preprocessing_spec, strong_augment
 from edgetl.core.errors import EdgetlError
 from edgetl.model import finetune
 from edgetl.model.load import load_run_model
@@ -36,7 +36,7 @@ def tested(tested_data):
 
 def _saved_accuracy(run_path, which: str) -> float:
     run = rundir.Run(run_path)
-    px, y, _, _ = decode_all(run.split_items(which), 32)
+    px, y, _, _ = decode_all(run.split_items(which), 32, decoding=decoding_of(run.preprocessing))
     return evaluate(load_run_model(run_path), px, y, run.preprocessing)[0]
 
 

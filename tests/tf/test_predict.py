@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from edgetl.cli import app
 from edgetl.core import runtime
 from edgetl.core.formats import EXPORT_FORMATS, FORMATS
-from edgetl.core.images import jpeg_draft_of, load_image
+from edgetl.core.images import decoding_of, load_image
 from edgetl.core.rundir import Run
 
 runner = CliRunner()
@@ -54,7 +54,7 @@ def test_json_is_one_ranked_document(tiny_exported, folder, name):
         probs = [t["probability"] for t in p["top"]]
         assert probs == sorted(probs, reverse=True)
         got = {t["label"]: t["probability"] for t in p["top"]}
-        want = model.predict_pixels(load_image(p["path"], model.image_size, jpeg_draft_of(model.spec))[None])[0]
+        want = model.predict_pixels(load_image(p["path"], model.image_size, decoding_of(model.spec))[None])[0]
         np.testing.assert_allclose([got["cats"], got["dogs"]], want, atol=1e-6)
     assert sorted(p["path"][len(str(folder)) + 1:] for p in doc["predictions"]) == \
         ["a.jpg", "sub/b c.jpg", "sub/deeper/c.jpg", "sub/grey.png"]

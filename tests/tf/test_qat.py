@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import factory
 from edgetl.cli import app
-from edgetl.core.images import decode_all, jpeg_draft_of, preprocess
+from edgetl.core.images import decode_all, decoding_of, preprocess
 from edgetl.core.rundir import Run
 from edgetl.core.runtime import TFLiteRunner
 from edgetl.model.graph import cut_layer, top_model
@@ -33,7 +33,7 @@ def tiny(tiny_run):
     """The tiny run and its training pixels. Its random-base model fits its training images but not
     held-out ones, so the QAT checks measure on the training images (train_xy as val_xy)."""
     r = Run(tiny_run)
-    px, y, _, _ = decode_all(r.split_items("train"), r.image_size, jpeg_draft=jpeg_draft_of(r.preprocessing))
+    px, y, _, _ = decode_all(r.split_items("train"), r.image_size, decoding=decoding_of(r.preprocessing))
     return r, (px, y)
 
 
@@ -245,7 +245,7 @@ def test_train_qat_keeps_the_float_model_and_export_follows_the_int8_source(tiny
     assert a["tflite-int8"]["int8_control"]["rungs"][0]["accuracy"] == pytest.approx(info[f"val_acc_{source}_int8"])
     assert read_meta(run / "model-int8.tflite")["source"]["qat"] is (source == "qat")
     assert read_meta(run / "model-fp32.tflite")["source"]["qat"] is False
-    px, _, _, _ = decode_all(plain.split_items("val"), 32)
+    px, _, _, _ = decode_all(plain.split_items("val"), 32, decoding=decoding_of(plain.preprocessing))
     x = preprocess(px, plain.preprocessing)
     assert np.array_equal(TFLiteRunner(run / "model-fp32.tflite").outputs(x),
                           TFLiteRunner(tiny_exported / "model-fp32.tflite").outputs(x))

@@ -15,7 +15,7 @@ from factory import without_weight_zero_points
 from edgetl.core import artifact, cpu, runtime
 from edgetl.core.errors import EdgetlError
 from edgetl.core.formats import EXPORT_FORMATS, FORMATS
-from edgetl.core.images import jpeg_draft_of, load_image, preprocess
+from edgetl.core.images import decoding_of, load_image, preprocess
 from edgetl.core.rundir import Run
 
 
@@ -23,8 +23,8 @@ from edgetl.core.rundir import Run
 def pixels(tiny_exported) -> np.ndarray:
     """uint8 pixels of four of the run's validation images, at the model's size."""
     size = Run(tiny_exported).image_size
-    draft = jpeg_draft_of(Run(tiny_exported).preprocessing)
-    return np.stack([load_image(p, size, draft) for p, _ in Run(tiny_exported).split_items("val")[:4]])
+    decoding = decoding_of(Run(tiny_exported).preprocessing)
+    return np.stack([load_image(p, size, decoding) for p, _ in Run(tiny_exported).split_items("val")[:4]])
 
 
 def test_light_modules_import_no_tensorflow():

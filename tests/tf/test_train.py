@@ -16,7 +16,7 @@ import factory
 from edgetl.cli import app
 from edgetl.core import plots, rundir
 from edgetl.core.errors import EdgetlError
-from edgetl.core.images import decode_all, jpeg_draft_of
+from edgetl.core.images import decode_all, decoding_of
 from edgetl.model.load import load_run_model
 
 META_KEYS = {"edgetl_version", "created", "classes", "image_size", "alpha", "preprocessing", "weights", "seed",
@@ -34,7 +34,7 @@ def _tree_digest(d: Path) -> dict:
 
 def _val(run: Path):
     r = rundir.Run(run)
-    px, y, _, _ = decode_all(r.split_items("val"), r.image_size, jpeg_draft=jpeg_draft_of(r.preprocessing))
+    px, y, _, _ = decode_all(r.split_items("val"), r.image_size, decoding=decoding_of(r.preprocessing))
     return r, px, y
 
 

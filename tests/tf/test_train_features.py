@@ -12,7 +12,7 @@ import pytest
 
 import factory
 from edgetl.core import artifact
-from edgetl.core.images import decode_all, preprocessing_spec
+from edgetl.core.images import decode_all, decoding_of, preprocessing_spec
 from edgetl.model import basecache
 from edgetl.model import features
 
@@ -78,7 +78,7 @@ def test_base_cache_is_made_once_then_used_with_the_same_result(first, data, wei
     from edgetl.model.predict import evaluate
 
     run = Run(tmp_path / "second")
-    px, y, _, _ = decode_all(run.split_items("val"), 96)
+    px, y, _, _ = decode_all(run.split_items("val"), 96, decoding=decoding_of(run.preprocessing))
     acc = evaluate(load_run_model(run), px, y, run.preprocessing)[0]
     assert acc == pytest.approx(second["metrics"]["val_accuracy"])
 
@@ -147,7 +147,9 @@ def test_pipeline_results_do_not_depend_on_the_threads(first, cache, tmp_path, m
             assert pipe.started()
             out.append(pipe.features())
     assert tr_skip == [] and [s["file"] for s in va_skip] == [str(broken)] and len(va_y) == len(val) - 1
-    assert np.array_equal(tr_px, decode_all(train, 96)[0]) and np.array_equal(va_px, decode_all(val, 96)[0])
+    decoding = decoding_of(spec)
+    assert np.array_equal(tr_px, decode_all(train, 96, decoding=decoding)[0])
+    assert np.array_equal(va_px, decode_all(val, 96, decoding=decoding)[0])
     assert np.array_equal(te_px, va_px[:3]) and len(te_y) == 3
     (f_tr, f_va, f_te), (f_tr3, f_va3, f_te3) = out
     assert np.array_equal(f_tr, f_tr3) and np.array_equal(f_va, f_va3) and np.array_equal(f_te, f_te3)
@@ -166,3 +168,27 @@ def test_pipeline_without_a_base_only_decodes(data):
         pipe.start_features(None)
         assert not pipe.started()
     assert tr_px.shape == (3, 32, 32, 3) and len(va_px) == len(items) - 3 and len(te_px) == 0
+
+
+def test_images_are_resized_as_keras_image_dataset_from_directory_does(tmp_path):
+    """The default preprocessing resizes as Keras' image_dataset_from_directory (tf.image.resize, bilinear,
+    not antialiased) does, within 8-bit rounding, on lossless files downscaled, upscaled and both at once."""
+    from PIL import Image
+
+    from edgetl.core.images import load_image
+    from edgetl.model.tfenv import tf_and_keras
+
+    _, keras = tf_and_keras()
+    rng = np.random.default_rng(0)
+    shapes = {"down.png": (375, 500), "up.png": (40, 50), "mixed.png": (50, 300)}
+    (tmp_path / "c").mkdir()
+    for name, (h, w) in shapes.items():
+        smooth = np.linspace(0, 255, h * w * 3).reshape(h, w, 3)
+        arr = np.clip(smooth + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(tmp_path / "c" / name)
+    ds = keras.utils.image_dataset_from_directory(tmp_path, image_size=(64, 96), shuffle=False, batch_size=8)
+    want = next(iter(ds))[0].numpy()
+    spec = preprocessing_spec(64)
+    for i, path in enumerate(ds.file_paths):
+        got = load_image(path, (64, 96), decoding_of(spec)).astype(np.float64)
+        assert np.abs(got - want[i]).max() < 1 + 1e-3, path

@@ -11,7 +11,7 @@ from PIL import Image
 
 from edgetl.core import images
 from factory import RED, exif_rotated, make_odd_files
-from edgetl.core.images import ImageDecodeError, load_image
+from edgetl.core.images import Decoding, ImageDecodeError, load_image
 
 @pytest.fixture(scope="module")
 def odd(tmp_path_factory) -> tuple[Path, dict[str, str]]:
@@ -145,7 +145,7 @@ def test_large_jpegs_decode_at_a_reduced_dct_scale(tmp_path):
     keeps both sides >= 2x the input, then resized: close to the full decode, not equal to it."""
     _photo(tmp_path / "big.jpg", (1200, 900))
     full = load_image(tmp_path / "big.jpg", 64)
-    drafted = load_image(tmp_path / "big.jpg", 64, jpeg_draft=2)
+    drafted = load_image(tmp_path / "big.jpg", 64, Decoding(jpeg_draft=2))
     with Image.open(tmp_path / "big.jpg") as im:
         im.draft(None, (128, 128))
         im.load()
@@ -154,7 +154,7 @@ def test_large_jpegs_decode_at_a_reduced_dct_scale(tmp_path):
     np.testing.assert_array_equal(drafted, want)
     diff = np.abs(full.astype(int) - drafted.astype(int))
     assert 0 < diff.mean() < 3, diff.mean()
-    np.testing.assert_array_equal(load_image(tmp_path / "big.jpg", 64, jpeg_draft=0), full)
+    np.testing.assert_array_equal(load_image(tmp_path / "big.jpg", 64, Decoding(jpeg_draft=0)), full)
 
 
 def test_jpeg_draft_leaves_small_and_non_jpeg_images_alone(tmp_path):
@@ -163,17 +163,49 @@ def test_jpeg_draft_leaves_small_and_non_jpeg_images_alone(tmp_path):
     _photo(tmp_path / "big.jpg", (1200, 900))
     Image.open(tmp_path / "big.jpg").save(tmp_path / "big.png")
     for name in ("small.jpg", "big.png"):
-        np.testing.assert_array_equal(load_image(tmp_path / name, 64, jpeg_draft=2), load_image(tmp_path / name, 64))
+        np.testing.assert_array_equal(load_image(tmp_path / name, 64, Decoding(jpeg_draft=2)),
+                                      load_image(tmp_path / name, 64))
 
 
-def test_jpeg_draft_comes_from_the_spec():
-    assert images.jpeg_draft_of(images.preprocessing_spec(224)) == 2
-    assert images.jpeg_draft_of({"size": [224, 224], "resize": "bilinear"}) == 0  # a spec written without it
-    assert images.jpeg_draft_of(None) == 0
+def test_decoding_comes_from_the_spec():
+    assert images.decoding_of(images.preprocessing_spec(224)) == Decoding(jpeg_draft=2, antialias=False)
+    # a spec written without the keys: every image decoded in full and resized with antialiasing
+    assert images.decoding_of({"size": [224, 224], "resize": "bilinear"}) == Decoding(0, True)
+    assert images.decoding_of(None) == Decoding(0, True)
+
+
+def _half_pixel_bilinear(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Reference: tf.image.resize(method="bilinear", antialias=False) written out in numpy (output pixel
+    x samples the input at (x + 0.5) * in / out - 0.5, edges clamped)."""
+    def axis(n_out, n_in):
+        x = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
+        f = np.floor(x)
+        return np.clip(f, 0, n_in - 1).astype(int), np.clip(np.ceil(x), 0, n_in - 1).astype(int), x - f
+
+    (y0, y1, ly), (x0, x1, lx) = axis(h, a.shape[0]), axis(w, a.shape[1])
+    a = a.astype(np.float64)
+    lx, ly = lx[None, :, None], ly[:, None, None]
+    top = a[y0][:, x0] * (1 - lx) + a[y0][:, x1] * lx
+    bottom = a[y1][:, x0] * (1 - lx) + a[y1][:, x1] * lx
+    return top * (1 - ly) + bottom * ly
+
+
+@pytest.mark.parametrize("shape", [(375, 500), (97, 61), (10, 12), (20, 100)])  # down, down, up, up and down
+def test_point_sampled_resize_is_tensorflows_bilinear(tmp_path, shape):
+    """antialias=False resizes as tf.image.resize does by default (within Pillow's 8-bit rounding); the
+    antialiased resize averages over the whole downscaled footprint, so on a noisy image it differs."""
+    a = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    Image.fromarray(a).save(tmp_path / "x.png")
+    want = _half_pixel_bilinear(a, 32, 24)
+    point = load_image(tmp_path / "x.png", (32, 24), Decoding(antialias=False)).astype(np.float64)
+    assert np.abs(point - want).max() < 1 + 1e-9
+    smooth = load_image(tmp_path / "x.png", (32, 24), Decoding(antialias=True)).astype(np.float64)
+    if shape[0] > 32 and shape[1] > 24:
+        assert np.abs(smooth - want).mean() > 10
 
 
 def test_bench_decodes_each_file_as_its_spec_says(tmp_path):
-    """Two files of the same size whose specs differ in jpeg_draft get their own decoded eval sets."""
+    """Files of the same size whose specs differ in jpeg_draft or antialias get their own decoded eval sets."""
     from edgetl.bench.targets import Target, prepare_eval
 
     data = tmp_path / "data"
@@ -181,12 +213,15 @@ def test_bench_decodes_each_file_as_its_spec_says(tmp_path):
         (data / c).mkdir(parents=True)
         _photo(data / c / "big.jpg", (1200, 900), seed=len(c) + ord(c))
     spec = images.preprocessing_spec(64)
-    old = {k: v for k, v in spec.items() if k != "jpeg_draft"}
+    specs = {"spec": spec, "full": {k: v for k, v in spec.items() if k != "jpeg_draft"},
+             "smooth": {k: v for k, v in spec.items() if k != "antialias"}}
     targets = [Target(tmp_path / f"{n}.tflite", n, meta={"classes": ["a", "b"], "preprocessing": s})
-               for n, s in (("new", spec), ("old", old))]
+               for n, s in specs.items()]
     sets = prepare_eval(targets, data, tmp_path, None)
-    assert len(sets) == 2 and targets[0].eval_key != targets[1].eval_key
+    assert len(sets) == 3 and len({t.eval_key for t in targets}) == 3
     items = [(str(data / c / "big.jpg"), i) for i, c in enumerate("ab")]
-    for t, draft in zip(targets, (2, 0)):
-        np.testing.assert_array_equal(np.load(sets[t.eval_key]["pixels"]),
-                                      images.decode_all(items, 64, jpeg_draft=draft)[0])
+    decoded = []
+    for t, decoding in zip(targets, (Decoding(2, False), Decoding(0, False), Decoding(2, True))):
+        decoded.append(np.load(sets[t.eval_key]["pixels"]))
+        np.testing.assert_array_equal(decoded[-1], images.decode_all(items, 64, decoding=decoding)[0])
+    assert not np.array_equal(decoded[0], decoded[1]) and not np.array_equal(decoded[0], decoded[2])
