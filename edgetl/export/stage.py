@@ -286,11 +286,12 @@ def _control_note(name: str, c: dict) -> list[str]:
         said += (f"; {len(slow[-1]['float_ops'])} ops in float would cost latency x{slow[-1]['latency_ratio']:.2f}, "
                  f"over the x{limit:.2f} limit")
     enc = _encoding_note(c)
+    tail = f"; {enc}" if enc else ""
     if not c["float_ops"] and c["result"] == "target met":
-        return [f"{name}: {enc[2:]}"] if enc else []
+        return [f"{name}: {enc}"] if enc else []
     if not c["float_ops"]:
         return [f"{name}: accuracy-control target missed ({said}); "
-                + ("no op kept in float helped" if not slow else "kept fully int8") + enc]
+                + ("no op kept in float helped" if not slow else "kept fully int8") + tail]
     k = len(c["float_ops"])
     cost = []
     if c.get("bytes_added") is not None:
@@ -300,7 +301,7 @@ def _control_note(name: str, c: dict) -> list[str]:
     missed = "" if c["result"] == "target met" else \
         f" (target {100 * c['target']['estimated_agreement']:.0f}% missed)"
     return [f"{name}: {k} op{'s' if k > 1 else ''} kept in float ({', '.join(c['float_ops'])}): {said}{missed}"
-            + (f", {', '.join(cost)}" if cost else "") + enc]
+            + (f", {', '.join(cost)}" if cost else "") + tail]
 
 
 def _encoding_note(c: dict) -> str:
@@ -310,7 +311,7 @@ def _encoding_note(c: dict) -> str:
     est = c.get("onnx_weights_estimates") or {}
     fast = est.get(ONNX_WEIGHTS[0])
     than = f" ({100 * fast:.1f}% with s8 weights in bounded pairs)" if fast is not None else ""
-    return (f"; u8 weights, for their higher estimated agreement{than}: exact on every CPU, but onnxruntime "
+    return (f"u8 weights, for their higher estimated agreement{than}: exact on every CPU, but onnxruntime "
             "has no VNNI kernel for them (about 2x slower than s8 weights on a VNNI CPU)")
 
 
