@@ -15,8 +15,8 @@ import functools
 import os
 from pathlib import Path
 
-from .trials import (CONSTRAINTS, STUDY_NAME, Searcher, completed, load_study, record, sampler, study_storage,
-                    suggest)
+from .config import STUDY_NAME, study_storage
+from .trials import CONSTRAINTS, Searcher, completed, load_study, record, sampler, suggest
 
 _SEARCHERS: dict = {}  # one Searcher per Ray worker process (its features stay in memory between trials)
 

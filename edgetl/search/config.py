@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core import data as datamod
+from ..core import images
 from ..core.config import opt
 from ..core.errors import EdgetlError
 from ..core.formats import EXPORT_FORMATS
@@ -20,6 +21,8 @@ from ..model.recipe import Recipe, check_int, check_recipe
 
 SEARCH_FILE = "search.json"
 JOURNAL_FILE = "search.journal"  # the Optuna study (JournalStorage): `optuna-dashboard OUT/search.journal`
+STUDY_NAME = "edgetl-search"
+OPTIONS_ATTR = "options"  # the study's user attribute recording study_options()
 BEST_DIR = "best"
 DEFAULT_ALPHAS = (0.35, 0.5)  # downloaded when no weights file is at hand (`--alphas auto`)
 DEFAULT_SIZES = ",".join(map(str, PRETRAINED_SIZES))
@@ -134,7 +137,81 @@ def validate(cfg: SearchConfig) -> Prepared:
         raise EdgetlError(f"--heads {cfg.heads}: accepted values are {', '.join(HEADS)}")
     _check_out(cfg)
     split = datamod.scan(cfg.data, cfg.val_split, cfg.seed, cfg.test)
-    return Prepared(cfg, split, alphas, sizes, formats, heads)
+    p = Prepared(cfg, split, alphas, sizes, formats, heads)
+    if cfg.resume:
+        _check_resume(p)
+    return p
+
+
+def study_options(p: Prepared) -> dict:
+    """What a study's trials depend on, by flag (a --resume must give the same): the data, the split, the
+    space, the device and its budget, the head's loop settings and the image preprocessing."""
+    cfg = p.cfg
+
+    def path(v):
+        return str(Path(v).expanduser().resolve()) if v else None
+
+    weights = cfg.weights if cfg.weights in ("imagenet", "random") else path(cfg.weights)
+    return {"DATA": path(cfg.data), "--test": path(cfg.test), "--val-split": cfg.val_split, "--seed": cfg.seed,
+            "--weights": weights, "--device": cfg.device, "--max-latency-ms": cfg.max_latency_ms,
+            "--max-size-mb": cfg.max_size_mb, "--max-ram-mb": cfg.max_ram_mb, "--threads": cfg.threads,
+            "--alphas": list(p.alphas), "--sizes": list(p.sizes), "--formats": list(p.formats),
+            "--heads": list(p.heads), "--augment": cfg.augment, "--epochs": cfg.epochs,
+            "--batch-size": cfg.batch_size, "--lr": cfg.lr, "--patience": cfg.patience,
+            "preprocessing": images.preprocessing_spec(224)}
+
+
+def study_storage(out: Path):
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return JournalStorage(JournalFileBackend(str(out / JOURNAL_FILE)))
+
+
+def recorded_options(out: Path) -> dict | None:
+    """The options the study in `out` was started with; None when its journal holds no study yet, {} for a
+    study that records none."""
+    journal = out / JOURNAL_FILE
+    if not journal.is_file() or journal.stat().st_size == 0:
+        return None
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(out))
+    except KeyError:  # a journal without this study
+        return None
+    return dict(study.user_attrs.get(OPTIONS_ATTR) or {})
+
+
+def _check_resume(p: Prepared) -> None:
+    """--resume continues a study only with the options it was started with: its finished trials and its
+    cached features would otherwise be mixed with ones made under other settings."""
+    out = Path(p.cfg.out)
+    recorded = recorded_options(out)
+    if recorded is None:
+        return
+    again = "give the options it was started with, or --overwrite to start a new search"
+    if not recorded:
+        raise EdgetlError(f"--resume: {out} holds a search that records no options (made by another edgetl "
+                          "version); pass --overwrite to start a new search")
+    now = study_options(p)
+    for flag, v in now.items():
+        was = recorded.get(flag)
+        if was == v:
+            continue
+        if flag == "preprocessing":
+            raise EdgetlError(f"--resume: {out} was searched with another image preprocessing (another edgetl "
+                              "version), so its features do not apply; pass --overwrite to start a new search")
+        raise EdgetlError(f"--resume: {out} was searched with {flag} {_shown(was)}, not {_shown(v)}; {again}")
+
+
+def _shown(v) -> str:
+    if v is None:
+        return "(none)"
+    if isinstance(v, list):
+        return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def _check_out(cfg: SearchConfig) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..core import rundir
 from ..core.console import native_logs_aside
-from .config import JOURNAL_FILE, SEARCH_FILE, Prepared, SearchConfig
+from .config import JOURNAL_FILE, OPTIONS_ATTR, SEARCH_FILE, Prepared, SearchConfig, study_options
 from .report import pareto, plot_pareto, print_report
 from .probe import measure_again, probe_key
 from .trials import Searcher, baseline, completed, load_study
@@ -71,6 +71,8 @@ def search(cfg: SearchConfig, p: Prepared, measure, profile: dict | None = None,
     n_startup = max(4, min(10, cfg.trials // 3))
     with native_logs_aside(console, cfg.verbose):
         study = load_study(out, cfg.seed, n_startup)
+        if OPTIONS_ATTR not in study.user_attrs:  # a new study (--resume checks them: search.config)
+            study.set_user_attr(OPTIONS_ATTR, study_options(p))
         if not study.get_trials(deepcopy=False):  # a new study starts from train's defaults
             for params in baseline(cfg, p):
                 study.enqueue_trial(params, user_attrs={"baseline": True})

@@ -19,21 +19,12 @@ from ..model.graph import count_macs
 from ..model.predict import evaluate_head
 from ..model.recipe import DEFAULT_ALPHA, DEFAULT_SIZE, Recipe
 from ..model.session import Session, fresh_keras
-from .config import JOURNAL_FILE, MAX_DROPOUT, Prepared, SearchConfig
+from .config import MAX_DROPOUT, STUDY_NAME, Prepared, SearchConfig, study_storage
 from .probe import Prober, locked
 
-STUDY_NAME = "edgetl-search"
 CONSTRAINTS = ("latency_ms", "size_mb", "ram_mb")
 FEATURES_DIR = "features"
 CALIB_IMAGES = 8
-
-
-def study_storage(out: Path):
-    import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return JournalStorage(JournalFileBackend(str(out / JOURNAL_FILE)))
 
 
 def sampler(seed: int, n_startup: int):

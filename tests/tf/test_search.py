@@ -14,7 +14,9 @@ from edgetl.bench.worker import run_worker
 from edgetl.cli import app
 from edgetl.core.rundir import Run
 from edgetl.search import stage, trials
-from edgetl.search.config import SearchConfig, validate
+from edgetl.core import images
+from edgetl.core.errors import EdgetlError
+from edgetl.search.config import STUDY_NAME, SearchConfig, study_storage, validate
 
 TINY = ["--weights", "random", "--alphas", "0.35", "--epochs", "3", "--augment", "1"]
 
@@ -95,6 +97,16 @@ def test_search_resumes_without_losing_or_repeating_a_trial(tiny_data, tmp_path,
     probes = {p.name: p.stat().st_mtime_ns for p in (out / "probes").glob("a*") if p.suffix != ".json"}
     runs = {p.name: json.loads(p.read_text())["latency_runs_ms"] for p in (out / "probes").glob("a*.json")}
 
+    # a resume with other options would mix trials made under both: refused, naming the flag
+    with pytest.raises(EdgetlError, match=r"searched with --max-latency-ms 1000, not 500; give the options"):
+        validate(SearchConfig(**{**opts, "max_latency_ms": 500.0}, resume=True))
+    with pytest.raises(EdgetlError, match=r"searched with --sizes 32,64, not 32;"):
+        validate(SearchConfig(**{**opts, "sizes": "32"}, resume=True))
+    monkeypatch.setitem(images.MOBILENET_V2_PREPROCESSING, "antialias", True)
+    with pytest.raises(EdgetlError, match="another image preprocessing"):
+        validate(SearchConfig(**opts, resume=True))
+    monkeypatch.undo()
+
     cfg = SearchConfig(**opts, resume=True)
     rep = stage.search(cfg, validate(cfg), run_worker, console=factory.quiet_console())
     by = {t["number"]: t for t in rep["trials"]}
@@ -112,6 +124,20 @@ def test_search_resumes_without_losing_or_repeating_a_trial(tiny_data, tmp_path,
     for name, first in runs.items():  # nor measured again for a trial (only once more, for the choice)
         again = json.loads((out / "probes" / name).read_text())["latency_runs_ms"]
         assert again[:len(first)] == first and len(again) - len(first) <= 1
+
+
+def test_resume_refuses_a_study_without_recorded_options(tiny_data, tmp_path):
+    import optuna
+
+    out = tmp_path / "search"
+    out.mkdir()
+    study = optuna.create_study(study_name=STUDY_NAME, storage=study_storage(out), direction="maximize")
+    study.enqueue_trial({"image_size": 32})
+    opts = dict(data=str(tiny_data), out=str(out), weights="random", alphas="0.35", sizes="32",
+                max_latency_ms=1000.0)
+    with pytest.raises(EdgetlError, match="records no options .* pass --overwrite"):
+        validate(SearchConfig(**opts, resume=True))
+    assert validate(SearchConfig(**opts, overwrite=True)).sizes == [32]
 
 
 def test_search_workers_share_one_study(tiny_data, tmp_path):
