@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 # the TensorFlow tiers run one test file per worker, one worker per core
 XDIST ?= -n auto --dist loadfile
 
-.PHONY: demo test test-unit bench bench-train bench-decode bench-resize bench-export bench-runtime bench-compare bench-int8-sweep bench-remote clean venv light arm-env
+.PHONY: demo test test-unit bench bench-train bench-decode bench-resize bench-head bench-export bench-runtime bench-compare bench-int8-sweep bench-remote clean venv light arm-env
 
 $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,7 +61,7 @@ test-unit: $(LIGHT)/.stamp
 	$(LIGHT)/bin/python -m pytest -q tests/unit $(PYTEST_ARGS)
 
 # All benchmarks, one after another (JSON in benchmarks/results/).
-bench: bench-train bench-decode bench-resize bench-export bench-runtime bench-compare bench-int8-sweep bench-remote
+bench: bench-train bench-decode bench-resize bench-head bench-export bench-runtime bench-compare bench-int8-sweep bench-remote
 
 # Timing benchmarks run under one lock so two never overlap on the shared 2-core machine.
 bench-train: $(VENV)/.stamp
@@ -75,6 +75,10 @@ bench-decode: $(VENV)/.stamp
 # resize: point-sampled vs antialiased bilinear over both sets and harder variants -> benchmarks/results/resize.json
 bench-resize: $(VENV)/.stamp
 	flock /tmp/edgetl-cpu.lock $(BIN)/python benchmarks/bench_resize.py $(BENCH_ARGS)
+
+# head: the head's training settings against the defaults, 10 cases x 5 seeds -> benchmarks/results/head.json
+bench-head: $(VENV)/.stamp
+	flock /tmp/edgetl-cpu.lock $(BIN)/python benchmarks/bench_head.py $(BENCH_ARGS)
 
 # export: accuracy and size of every format, PTQ and QAT runs, ONNX int8 paths -> benchmarks/results/export.json
 bench-export: $(VENV)/.stamp

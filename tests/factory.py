@@ -148,7 +148,8 @@ def as_other_user(stdlib_only: bool = False) -> tuple[str, dict]:
 
 
 # ---- runs without a model, and processes stopped at a pause point (edgetl.core.rundir.pause_point) ----------
-RUN_META = {"edgetl_version": "0.1.0", "classes": ["a", "b"], "image_size": 32, "preprocessing": {}}
+RUN_META = {"edgetl_version": "0.1.0", "classes": ["a", "b"], "image_size": 32,
+            "preprocessing": {"size": [32, 32], "scale": 1 / 127.5, "offset": -1.0}}
 
 
 def fake_run(path: Path, tag: str = "old") -> Path:

@@ -44,6 +44,25 @@ class Decoding(NamedTuple):
     antialias: bool = True  # False: point-sampled bilinear (see MOBILENET_V2_PREPROCESSING)
 
 
+def spec_problem(spec) -> str | None:
+    """What makes a recorded preprocessing spec unusable (an edited file), in a few words; None when it is fine:
+    a size of two pixel counts, numeric scale and offset, and when present a true/false antialias and a whole
+    jpeg_draft >= 0 (bool("false") would silently antialias)."""
+    if not isinstance(spec, dict):
+        return "is not an object"
+    size = spec.get("size")
+    if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int and 8 <= v <= 4096 for v in size)):
+        return f"has 'size' {size!r}, not two pixel counts (height, width)"
+    for k in ("scale", "offset"):
+        if isinstance(spec.get(k), bool) or not isinstance(spec.get(k), (int, float)):
+            return f"has {k!r} {spec.get(k)!r}, not a number"
+    if "antialias" in spec and not isinstance(spec["antialias"], bool):
+        return f"has 'antialias' {spec['antialias']!r}, not true or false"
+    if "jpeg_draft" in spec and (type(spec["jpeg_draft"]) is not int or spec["jpeg_draft"] < 0):
+        return f"has 'jpeg_draft' {spec['jpeg_draft']!r}, not a whole number >= 0"
+    return None
+
+
 def decoding_of(spec: dict | None) -> Decoding:
     """The decoding a preprocessing spec asks for (a spec without a key: that key's default)."""
     spec = spec or {}

@@ -173,14 +173,16 @@ class Run:
 
     def _check_types(self) -> None:
         """The fields every stage relies on have the types edgetl writes (an edited file fails here, in one line)."""
+        from .images import spec_problem  # (numpy: core.outdir uses this module with the standard library alone)
+
         m, bad = self.meta, None
         size = m["image_size"]
         if not (isinstance(m["classes"], list) and m["classes"] and all(isinstance(c, str) for c in m["classes"])):
             bad = "'classes' is not a list of class names"
         elif isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096:
             bad = f"'image_size' is {size!r}, not a size in pixels"
-        elif not isinstance(m["preprocessing"], dict):
-            bad = "'preprocessing' is not an object"
+        elif spec_problem(m["preprocessing"]):
+            bad = f"'preprocessing' {spec_problem(m['preprocessing'])}"
         if bad:
             raise EdgetlError(f"RUN {self.path}: {META_FILE} {bad}; re-run `edgetl train`")
 

@@ -157,7 +157,13 @@ def test_an_edited_run_is_one_line(tmp_path):
     run = factory.fake_run(tmp_path / "run")
     for meta, needle in (({"image_size": "abc"}, "'image_size' is 'abc', not a size in pixels"),
                          ({"classes": "cats"}, "'classes' is not a list of class names"),
-                         ({"preprocessing": [1]}, "'preprocessing' is not an object")):
+                         ({"preprocessing": [1]}, "'preprocessing' is not an object"),
+                         ({"preprocessing": {**factory.RUN_META["preprocessing"], "antialias": "false"}},
+                          "'preprocessing' has 'antialias' 'false', not true or false"),
+                         ({"preprocessing": {**factory.RUN_META["preprocessing"], "jpeg_draft": -1}},
+                          "'preprocessing' has 'jpeg_draft' -1, not a whole number >= 0"),
+                         ({"preprocessing": {"size": [32], "scale": 1, "offset": 0}},
+                          "'preprocessing' has 'size' [32], not two pixel counts (height, width)")):
         (run / "edgetl.json").write_text(json.dumps({**factory.RUN_META, **meta}))
         for cmd in (["export", str(run)], ["bench", str(run)]):
             one_line_error(runner.invoke(app, cmd), f"RUN {run}: edgetl.json {needle}; re-run `edgetl train`")

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+import factory
 from edgetl.core import rundir
 from edgetl.core.errors import EdgetlError
 
@@ -54,7 +55,7 @@ def test_run_reads_its_metadata(tmp_path):
     (True, {"epochs": 5}, "qat", "model.keras", True),  # model.keras is a fake-quant graph
 ])
 def test_run_names_the_model_its_int8_files_come_from(tmp_path, qat, info, source, model, graph):
-    run = _run(tmp_path, {"classes": ["a"], "image_size": 32, "preprocessing": {}, "qat": qat, "qat_info": info})
+    run = _run(tmp_path, {"classes": ["a"], "image_size": 32, "preprocessing": factory.RUN_META["preprocessing"], "qat": qat, "qat_info": info})
     assert run.int8_source() == (source, tmp_path / model) and run.qat_graph is graph
 
 

@@ -55,7 +55,7 @@ def test_source_pixels_reads_the_runs_training_images(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     # source_pixels reads only the run's metadata (its recorded training split), never its model
-    meta = {"classes": ["cats", "dogs"], "image_size": 32, "preprocessing": {}, "seed": 0,
+    meta = {"classes": ["cats", "dogs"], "image_size": 32, "preprocessing": factory.RUN_META["preprocessing"], "seed": 0,
             "split": {"train": [[str(p), int(p.parent.name == "dogs")] for p in files], "val": []}}
     write_json(run_dir / "edgetl.json", meta)
     px = source_pixels(Run(run_dir))
