@@ -178,6 +178,19 @@ def test_every_exported_file_carries_a_valid_seal(tiny_exported, tmp_path):
             assert artifact.verify(tmp_path / f.filename) == "embedded", f.name
 
 
+def test_an_edited_preprocessing_spec_is_refused_even_unverified(tiny_exported, tmp_path):
+    """A file whose embedded spec was edited (same length, so it still parses) and read with --no-verify:
+    its decoding cannot be trusted, so predict stops in one line instead of decoding some other way."""
+    img = next(iter(Run(tiny_exported).split_items("val")))[0]
+    f = tmp_path / "model-fp32.tflite"
+    b = (tiny_exported / f.name).read_bytes()
+    assert b.count(b'"antialias": false') == 1
+    f.write_bytes(b.replace(b'"antialias": false', b'"antialias": 0    '))
+    one_line_error(runner.invoke(app, ["predict", str(f), img]), "differs from the sha256 sealed in it")
+    one_line_error(runner.invoke(app, ["predict", str(f), img, "--no-verify"]),
+                   f"{f}: its edgetl metadata's preprocessing has 'antialias' 0, not true or false")
+
+
 # ---- run metadata against its model ------------------------------------------------------------------------
 @pytest.mark.parametrize("edit, needles", [
     ({"classes": ["cats", "dogs", "birds"]}, ["edgetl.json lists 3 classes but model.keras outputs 2"]),
