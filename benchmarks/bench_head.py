@@ -87,7 +87,7 @@ def main() -> None:
     from edgetl.model.recipe import MAX_TRAIN_VIEWS, Recipe, views_used
 
     tmp = Path(tempfile.mkdtemp(prefix="edgetl-head-"))
-    rows, summary = [], []
+    summary = []
     try:
         for name, alpha, size in CASES:
             if a.cases and name not in a.cases.split(","):
@@ -95,22 +95,22 @@ def main() -> None:
             s = case_features(data_set(name, tmp), alpha, size, tmp / "run")
             base_cfg, n_train = s.cfg, len(s.tr_y)
             default_views = views_used(Recipe.augment, n_train, MAX_TRAIN_VIEWS)
-            means = {}
+            means, per_seed = {}, {}
             for vname, (options, views) in VARIANTS.items():
                 views = default_views if views is None else views
-                accs = []
+                runs = []
                 for seed in range(a.seeds):
                     s.cfg = base_cfg
-                    acc, epoch = head_accuracy(s, options, views, seed)
-                    accs.append(acc)
-                    rows.append({"case": name, "alpha": alpha, "size": size, "variant": vname, "seed": seed,
-                                 "views": views, "test_accuracy": acc, "best_epoch": epoch})
-                means[vname] = statistics.mean(accs)
+                    runs.append(head_accuracy(s, options, views, seed))
+                means[vname] = statistics.mean(acc for acc, _ in runs)
+                per_seed[vname] = {"test_accuracy": [round(acc, 4) for acc, _ in runs],
+                                   "best_epoch": [epoch for _, epoch in runs]}
             summary.append({"case": name, "alpha": alpha, "size": size, "n_train": n_train, "n_val": len(s.va_y),
                             "n_test": len(s.te_y), "default_views": default_views,
                             "defaults_mean": round(means["defaults"], 4),
                             "minus_defaults_points": {v: round(100 * (m - means["defaults"]), 2)
-                                                      for v, m in means.items() if v != "defaults"}})
+                                                      for v, m in means.items() if v != "defaults"},
+                            "per_seed": per_seed})
             print(f"{name:12s} a{alpha:<4g} {size:3d}px defaults {means['defaults']:.4f} " +
                   " ".join(f"{v} {d:+.2f}" for v, d in summary[-1]["minus_defaults_points"].items()), flush=True)
     finally:
@@ -122,11 +122,11 @@ def main() -> None:
         d = [c["minus_defaults_points"][v] for c in summary]
         overall[v] = {"mean_points": round(statistics.mean(d), 2), "better": sum(x > 0 for x in d),
                       "worse": sum(x < 0 for x in d), "cases": len(d)}
-    res = {"seeds": a.seeds, "summary": summary, "overall": overall, "rows": rows,
+    res = {"seeds": a.seeds, "overall": overall, "summary": summary,
            "machine": {"load_avg_end": os.getloadavg()}}
     print(json.dumps(overall, indent=1))
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=2) + "\n")
+    a.out.write_text(json.dumps(res, indent=1) + "\n")
     print(f"wrote {a.out}")
 
 

@@ -181,8 +181,8 @@ class Run:
             bad = "'classes' is not a list of class names"
         elif isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096:
             bad = f"'image_size' is {size!r}, not a size in pixels"
-        elif spec_problem(m["preprocessing"]):
-            bad = f"'preprocessing' {spec_problem(m['preprocessing'])}"
+        elif problem := spec_problem(m["preprocessing"]):
+            bad = f"'preprocessing' {problem}"
         if bad:
             raise EdgetlError(f"RUN {self.path}: {META_FILE} {bad}; re-run `edgetl train`")
 

@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from . import amx as amx_control
-from . import artifact, cpu
+from . import artifact, cpu, images
 from .errors import EdgetlError, first_line
 from .formats import FORMATS, Format, format_of_file
-from . import images
 from .images import preprocess, quantize
 
 # what edgetl's int8 ONNX files declare in their metadata ("int8_weights"): s8 weights whose K-neighbour
@@ -325,9 +324,8 @@ def identify_checked(path: str | Path, verify: bool = False) -> tuple[Format, di
     for k in ("classes", "preprocessing"):
         if k not in meta:
             raise EdgetlError(f"{p}: its edgetl metadata lacks {k!r}; re-export it with `edgetl export`")
-    if images.spec_problem(meta["preprocessing"]):
-        raise EdgetlError(f"{p}: its edgetl metadata's preprocessing {images.spec_problem(meta['preprocessing'])}; "
-                          "re-export it with `edgetl export`")
+    if problem := images.spec_problem(meta["preprocessing"]):
+        raise EdgetlError(f"{p}: its edgetl metadata's preprocessing {problem}; re-export it with `edgetl export`")
     suffix = ".tflite" if artifact.sniff(p) == "tflite" else ".onnx"
     fmt = FORMATS.get(meta.get("format"))
     if fmt is None or fmt.suffix != suffix:

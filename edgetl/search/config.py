@@ -158,7 +158,7 @@ def study_options(p: Prepared) -> dict:
             "--alphas": list(p.alphas), "--sizes": list(p.sizes), "--formats": list(p.formats),
             "--heads": list(p.heads), "--augment": cfg.augment, "--epochs": cfg.epochs,
             "--batch-size": cfg.batch_size, "--lr": cfg.lr, "--patience": cfg.patience,
-            "preprocessing": images.preprocessing_spec(224)}
+            "preprocessing": dict(images.MOBILENET_V2_PREPROCESSING)}
 
 
 def study_storage(out: Path):
