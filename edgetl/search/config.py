@@ -170,8 +170,8 @@ def study_storage(out: Path):
 
 
 def recorded_options(out: Path) -> dict | None:
-    """The options the study in `out` was started with; None when its journal holds no study yet, {} for a
-    study that records none."""
+    """The options the study in `out` was started with; None when its journal holds no study or trial yet, {}
+    for a study with trials that records none."""
     journal = out / JOURNAL_FILE
     if not journal.is_file() or journal.stat().st_size == 0:
         return None
@@ -181,7 +181,8 @@ def recorded_options(out: Path) -> dict | None:
         study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(out))
     except KeyError:  # a journal without this study
         return None
-    return dict(study.user_attrs.get(OPTIONS_ATTR) or {})
+    options = dict(study.user_attrs.get(OPTIONS_ATTR) or {})
+    return options if options or study.get_trials(deepcopy=False) else None
 
 
 def _check_resume(p: Prepared) -> None:

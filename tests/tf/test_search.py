@@ -132,9 +132,10 @@ def test_resume_refuses_a_study_without_recorded_options(tiny_data, tmp_path):
     out = tmp_path / "search"
     out.mkdir()
     study = optuna.create_study(study_name=STUDY_NAME, storage=study_storage(out), direction="maximize")
-    study.enqueue_trial({"image_size": 32})
     opts = dict(data=str(tiny_data), out=str(out), weights="random", alphas="0.35", sizes="32",
                 max_latency_ms=1000.0)
+    assert validate(SearchConfig(**opts, resume=True)).sizes == [32]  # no trial yet: nothing to mix with
+    study.enqueue_trial({"image_size": 32})
     with pytest.raises(EdgetlError, match="records no options .* pass --overwrite"):
         validate(SearchConfig(**opts, resume=True))
     assert validate(SearchConfig(**opts, overwrite=True)).sizes == [32]
