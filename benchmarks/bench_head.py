@@ -65,12 +65,12 @@ def case_features(root: Path, alpha: float, size: int, out: Path):
     return s
 
 
-def head_accuracy(s, options: dict, views: int, seed: int) -> tuple[float, int]:
-    """(test accuracy, best epoch) of a head trained with the recipe's loop, `options` changed."""
+def head_accuracy(s, base_cfg, options: dict, views: int, seed: int) -> tuple[float, int]:
+    """(test accuracy, best epoch) of a head trained with the recipe's loop, base_cfg with `options` changed."""
     from edgetl.model.predict import evaluate_head
     from edgetl.model.session import fresh_keras
 
-    s.cfg = dataclasses.replace(s.cfg, seed=seed, **options)
+    s.cfg = dataclasses.replace(base_cfg, seed=seed, **options)
     fresh_keras(seed)
     head = s.new_head()
     hist = s.fit_head(head, *s.train_views(1 + views))
@@ -98,10 +98,7 @@ def main() -> None:
             means, per_seed = {}, {}
             for vname, (options, views) in VARIANTS.items():
                 views = default_views if views is None else views
-                runs = []
-                for seed in range(a.seeds):
-                    s.cfg = base_cfg
-                    runs.append(head_accuracy(s, options, views, seed))
+                runs = [head_accuracy(s, base_cfg, options, views, seed) for seed in range(a.seeds)]
                 means[vname] = statistics.mean(acc for acc, _ in runs)
                 per_seed[vname] = {"test_accuracy": [round(acc, 4) for acc, _ in runs],
                                    "best_epoch": [epoch for _, epoch in runs]}

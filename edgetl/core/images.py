@@ -44,6 +44,9 @@ class Decoding(NamedTuple):
     antialias: bool = True  # False: point-sampled bilinear (see MOBILENET_V2_PREPROCESSING)
 
 
+PIXEL_SIZES = range(8, 4097)  # image sizes a run or an artifact may record
+
+
 def spec_problem(spec) -> str | None:
     """What makes a recorded preprocessing spec unusable (an edited file), in a few words; None when it is fine:
     a size of two pixel counts, numeric scale and offset, and when present a true/false antialias and a whole
@@ -51,7 +54,7 @@ def spec_problem(spec) -> str | None:
     if not isinstance(spec, dict):
         return "is not an object"
     size = spec.get("size")
-    if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int and 8 <= v <= 4096 for v in size)):
+    if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int and v in PIXEL_SIZES for v in size)):
         return f"has 'size' {size!r}, not two pixel counts (height, width)"
     for k in ("scale", "offset"):
         if isinstance(spec.get(k), bool) or not isinstance(spec.get(k), (int, float)):
@@ -115,11 +118,9 @@ def load_image(path: str | Path, size: int | tuple[int, int], decoding: Decoding
             im.load()  # force a full decode: truncated files fail here, not later
             im = ImageOps.exif_transpose(im)
             im = _to_rgb(im)
-            if im.size != (w, h) and decoding.antialias:
-                im = im.resize((w, h), Image.BILINEAR)
-            elif im.size != (w, h):  # output pixel centre (x + 0.5) samples the input at (x + 0.5) * width / w
-                im = im.transform((w, h), Image.Transform.AFFINE, (im.width / w, 0, 0, 0, im.height / h, 0),
-                                  resample=Image.BILINEAR)
+            if im.size != (w, h):  # point-sampled: output pixel centre x + 0.5 reads input (x + 0.5) * W / w
+                im = im.resize((w, h), Image.BILINEAR) if decoding.antialias else im.transform(
+                    (w, h), Image.Transform.AFFINE, (im.width / w, 0, 0, 0, im.height / h, 0), resample=Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
     except UnidentifiedImageError:
         raise ImageDecodeError("not a readable image (unknown format or not an image file)") from None

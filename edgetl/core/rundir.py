@@ -173,13 +173,14 @@ class Run:
 
     def _check_types(self) -> None:
         """The fields every stage relies on have the types edgetl writes (an edited file fails here, in one line)."""
-        from .images import spec_problem  # (numpy: core.outdir uses this module with the standard library alone)
+        # (imported here: images needs numpy, and core.outdir uses this module with the standard library alone)
+        from .images import PIXEL_SIZES, spec_problem
 
         m, bad = self.meta, None
         size = m["image_size"]
         if not (isinstance(m["classes"], list) and m["classes"] and all(isinstance(c, str) for c in m["classes"])):
             bad = "'classes' is not a list of class names"
-        elif isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096:
+        elif isinstance(size, bool) or not isinstance(size, int) or size not in PIXEL_SIZES:
             bad = f"'image_size' is {size!r}, not a size in pixels"
         elif problem := spec_problem(m["preprocessing"]):
             bad = f"'preprocessing' {problem}"

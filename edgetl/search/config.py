@@ -192,7 +192,6 @@ def _check_resume(p: Prepared) -> None:
     recorded = recorded_options(out)
     if recorded is None:
         return
-    again = "give the options it was started with, or --overwrite to start a new search"
     if not recorded:
         raise EdgetlError(f"--resume: {out} holds a search that records no options (made by another edgetl "
                           "version); pass --overwrite to start a new search")
@@ -204,7 +203,8 @@ def _check_resume(p: Prepared) -> None:
         if flag == "preprocessing":
             raise EdgetlError(f"--resume: {out} was searched with another image preprocessing (another edgetl "
                               "version), so its features do not apply; pass --overwrite to start a new search")
-        raise EdgetlError(f"--resume: {out} was searched with {flag} {_shown(was)}, not {_shown(v)}; {again}")
+        raise EdgetlError(f"--resume: {out} was searched with {flag} {_shown(was)}, not {_shown(v)}; give the "
+                          "options it was started with, or --overwrite to start a new search")
 
 
 def _shown(v) -> str:

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 import factory
 from edgetl.bench.worker import run_worker
 from edgetl.cli import app
-from edgetl.core.rundir import Run
-from edgetl.search import stage, trials
 from edgetl.core import images
 from edgetl.core.errors import EdgetlError
+from edgetl.core.rundir import Run
+from edgetl.search import stage, trials
 from edgetl.search.config import STUDY_NAME, SearchConfig, study_storage, validate
 
 TINY = ["--weights", "random", "--alphas", "0.35", "--epochs", "3", "--augment", "1"]
