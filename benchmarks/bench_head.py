@@ -5,9 +5,9 @@ Each case computes its base features once through the learning session (model.se
 image and 2 augmented views of it, val carved from train by seed 0, the held-out folder as test), then
 trains the head on them with the recipe's own loop (Session.fit_head: early stopping on val loss) once per
 variant and seed, and scores it on the held-out images, which no choice sees. A variant changes one recipe
-option (augmented views, dropout, learning rate, patience, head); seeds 0-4 vary the head's initial
-weights, dropout and batch order. The cases are bench_resize.py's data sets; `large` is the 1,930-image
-set of bench_train_large.py.
+option (the softmax layer's start, augmented views, dropout, learning rate, patience, head); seeds 0-4 vary
+the head's dropout masks and batch order (and its initial weights where they are random). The cases are
+bench_resize.py's data sets; `large` is the 1,930-image set of bench_train_large.py.
 
 Run under the CPU lock: flock /tmp/edgetl-cpu.lock python benchmarks/bench_head.py
 Writes benchmarks/results/head.json.
@@ -39,10 +39,12 @@ CASES = [("hymenoptera", 0.35, 224), ("hymenoptera", 0.35, 128), ("hymenoptera",
          ("flowers12", 0.35, 224), ("flowers12", 0.35, 160), ("flowers12", 0.35, 128), ("fl12-20", 0.35, 128),
          ("fl6-40", 0.5, 96), ("large", 0.35, 224)]
 # name -> (recipe options changed, augmented views; None: as edgetl train picks them)
-VARIANTS = {"defaults": ({}, None), "views 0": ({}, 0), "views 1": ({}, 1), "views 2": ({}, 2),
+VARIANTS = {"defaults": ({}, None), "glorot start": ({"head_start": "glorot"}, None),
+            "views 0": ({}, 0), "views 1": ({}, 1), "views 2": ({}, 2),
             "dropout 0.2": ({"dropout": 0.2}, None), "dropout 0": ({"dropout": 0.0}, None),
             "lr 3e-4": ({"lr": 3e-4}, None), "patience 20": ({"patience": 20}, None),
-            "head dense128": ({"head": "dense128"}, None)}
+            "head dense128": ({"head": "dense128"}, None),
+            "head dense128, glorot start": ({"head": "dense128", "head_start": "glorot"}, None)}
 
 
 def case_features(root: Path, alpha: float, size: int, out: Path):
@@ -65,16 +67,18 @@ def case_features(root: Path, alpha: float, size: int, out: Path):
     return s
 
 
-def head_accuracy(s, base_cfg, options: dict, views: int, seed: int) -> tuple[float, int]:
-    """(test accuracy, best epoch) of a head trained with the recipe's loop, base_cfg with `options` changed."""
+def head_accuracy(s, base_cfg, options: dict, views: int, seed: int) -> tuple[float, int, float]:
+    """(test accuracy, best epoch, seconds) of a head trained with the recipe's loop, base_cfg with `options`
+    changed."""
     from edgetl.model.predict import evaluate_head
     from edgetl.model.session import fresh_keras
 
     s.cfg = dataclasses.replace(base_cfg, seed=seed, **options)
     fresh_keras(seed)
     head = s.new_head()
+    t = time.perf_counter()
     hist = s.fit_head(head, *s.train_views(1 + views))
-    return evaluate_head(head, s.f_te, s.te_y)[0], hist["best_epoch"]
+    return evaluate_head(head, s.f_te, s.te_y)[0], hist["best_epoch"], time.perf_counter() - t
 
 
 def main() -> None:
@@ -99,9 +103,10 @@ def main() -> None:
             for vname, (options, views) in VARIANTS.items():
                 views = default_views if views is None else views
                 runs = [head_accuracy(s, base_cfg, options, views, seed) for seed in range(a.seeds)]
-                means[vname] = statistics.mean(acc for acc, _ in runs)
-                per_seed[vname] = {"test_accuracy": [round(acc, 4) for acc, _ in runs],
-                                   "best_epoch": [epoch for _, epoch in runs]}
+                means[vname] = statistics.mean(acc for acc, _, _ in runs)
+                per_seed[vname] = {"test_accuracy": [round(acc, 4) for acc, _, _ in runs],
+                                   "best_epoch": [epoch for _, epoch, _ in runs],
+                                   "head_seconds": [round(sec, 2) for _, _, sec in runs]}
             summary.append({"case": name, "alpha": alpha, "size": size, "n_train": n_train, "n_val": len(s.va_y),
                             "n_test": len(s.te_y), "default_views": default_views,
                             "defaults_mean": round(means["defaults"], 4),

@@ -231,7 +231,7 @@ def tiny_parts(n_classes: int = 2, size: int = 32, seed: int = 0, images: np.nda
     base = build_base(0.35, size, None)
     calibrate_random_bn(base, px, preprocessing_spec(size), seed=seed)
     base.trainable = False
-    return base, build_head(int(base.output_shape[-1]), n_classes, "linear", 0.2, seed), px
+    return base, build_head(int(base.output_shape[-1]), n_classes, "linear", 0.2, seed, start="glorot"), px
 
 
 def tiny_model(n_classes: int = 2, size: int = 32, seed: int = 0, images: np.ndarray | None = None):

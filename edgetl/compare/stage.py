@@ -207,7 +207,8 @@ def scratch_arm(alpha, size, n_classes, px, y, va_px, va_y, spec, budget: Budget
     set_seed(cfg.seed)
     t0 = time.perf_counter()
     base = backbone.build_base(alpha, size, None)  # weights=None: random initialisation
-    model = assemble(base, build_head(int(base.output_shape[-1]), n_classes, cfg.head, cfg.dropout, cfg.seed))
+    model = assemble(base, build_head(int(base.output_shape[-1]), n_classes, cfg.head, cfg.dropout, cfg.seed,
+                                      start="glorot"))  # the whole network from random weights
     for layer in model.layers:
         layer.trainable = True
     model.compile(optimizer=keras.optimizers.Adam(cfg.scratch_lr), loss="sparse_categorical_crossentropy")

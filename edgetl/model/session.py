@@ -209,7 +209,7 @@ class Session:
         """A new head on the base features (the recipe's head and dropout unless given)."""
         cfg = self.cfg
         return build_head(self.f_tr.shape[1], len(self.classes), cfg.head if head is None else head,
-                          cfg.dropout if dropout is None else dropout, cfg.seed)
+                          cfg.dropout if dropout is None else dropout, cfg.seed, start=cfg.head_start)
 
     def fit_head(self, head_model, x, y, desc: str = "head", lr: float | None = None) -> dict:
         """Train `head_model` on (x, y) features with the recipe's loop settings; early stopping on val."""

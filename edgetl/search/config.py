@@ -158,6 +158,7 @@ def study_options(p: Prepared) -> dict:
             "--alphas": list(p.alphas), "--sizes": list(p.sizes), "--formats": list(p.formats),
             "--heads": list(p.heads), "--augment": cfg.augment, "--epochs": cfg.epochs,
             "--batch-size": cfg.batch_size, "--lr": cfg.lr, "--patience": cfg.patience,
+            "--head-start": cfg.head_start,
             "preprocessing": dict(images.MOBILENET_V2_PREPROCESSING)}
 
 
@@ -200,6 +201,9 @@ def _check_resume(p: Prepared) -> None:
         was = recorded.get(flag)
         if was == v:
             continue
+        if flag not in recorded:
+            raise EdgetlError(f"--resume: {out} was searched by another edgetl version, which records no {flag}; "
+                              "pass --overwrite to start a new search")
         if flag == "preprocessing":
             raise EdgetlError(f"--resume: {out} was searched with another image preprocessing (another edgetl "
                               "version), so its features do not apply; pass --overwrite to start a new search")

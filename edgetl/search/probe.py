@@ -66,7 +66,8 @@ class Prober:
         if self.weights["source"] == "random":
             calibrate_random_bn(base, calib_px, spec, seed=self.seed)
         base.trainable = False
-        model = assemble(base, build_head(int(base.output_shape[-1]), len(classes), head, 0.0, self.seed))
+        head_model = build_head(int(base.output_shape[-1]), len(classes), head, 0.0, self.seed, start="glorot")
+        model = assemble(base, head_model)
         calib = images.preprocess(calib_px, spec)
         # the registry's converter reads these attributes of export's context (a float model, no QAT, the
         # plain int8 file: no op kept in float, the default ONNX int8 weight encoding; bias values change

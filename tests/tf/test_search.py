@@ -16,7 +16,7 @@ from edgetl.core import images
 from edgetl.core.errors import EdgetlError
 from edgetl.core.rundir import Run
 from edgetl.search import stage, trials
-from edgetl.search.config import STUDY_NAME, SearchConfig, study_storage, validate
+from edgetl.search.config import OPTIONS_ATTR, STUDY_NAME, SearchConfig, study_options, study_storage, validate
 
 TINY = ["--weights", "random", "--alphas", "0.35", "--epochs", "3", "--augment", "1"]
 
@@ -137,6 +137,12 @@ def test_resume_refuses_a_study_without_recorded_options(tiny_data, tmp_path):
     assert validate(SearchConfig(**opts, resume=True)).sizes == [32]  # no trial yet: nothing to mix with
     study.enqueue_trial({"image_size": 32})
     with pytest.raises(EdgetlError, match="records no options .* pass --overwrite"):
+        validate(SearchConfig(**opts, resume=True))
+    # options recorded by a version that had one option fewer: its trials may differ in it
+    recorded = study_options(validate(SearchConfig(**opts, overwrite=True)))
+    del recorded["--head-start"]
+    study.set_user_attr(OPTIONS_ATTR, recorded)
+    with pytest.raises(EdgetlError, match="records no --head-start; pass --overwrite"):
         validate(SearchConfig(**opts, resume=True))
     assert validate(SearchConfig(**opts, overwrite=True)).sizes == [32]
 

@@ -55,6 +55,7 @@ def test_run_directory_contents_and_metadata(tiny_run):
     # the defaults every run records: dropout 0.5, patience 10, two cached augmented views, no fine-tuning
     c = meta["config"]
     assert (c["dropout"], c["patience"], c["augment"], c["fine_tune"], c["test"]) == (0.5, 10, 2, "off", None)
+    assert c["head_start"] == "zeros"
     sp = meta["split"]
     assert sp["layout"] == "split" and sp["data_root"] == str(_data(tiny_run).resolve()) and sp["val_split"] is None
     assert len(sp["train"]) == 16 and len(sp["val"]) == 8 and sp["test"] == [] and sp["test_source"] is None
@@ -251,7 +252,9 @@ def test_fit_head_restores_the_best_epoch():
     rng = np.random.default_rng(0)
     x, xv = rng.normal(size=(64, 16)).astype(np.float32), rng.normal(size=(40, 16)).astype(np.float32)
     y, yv = (x[:, 0] > 0).astype(np.int64), rng.integers(0, 2, 40)  # val labels are noise: val loss rises
-    head = build_head(16, 2, "linear", 0.0, 0)
+    head = build_head(16, 2, "linear", 0.0, 0, start="zeros")
+    assert not np.any(head.get_weights()[0])  # the recipe's start; an untrained stand-in head is random
+    assert np.any(build_head(16, 2, "linear", 0.0, 0, start="glorot").get_weights()[0])
     hist = fit_head(head, (x, y), (xv, yv), epochs=40, lr=0.05, batch_size=8, patience=3, seed=0,
                     console=factory.quiet_console())
     assert hist["stopped_epoch"] is not None and hist["stopped_epoch"] < 40

@@ -22,7 +22,7 @@ from edgetl.core.errors import ArtifactCheckError, EdgetlError
 runner = CliRunner()
 RECIPE = ["--alpha", "--image-size", "--weights", "--epochs", "--batch-size", "--lr", "--head", "--patience",
           "--fine-tune", "--fine-tune-epochs", "--fine-tune-lr", "--val-split", "--seed", "--overwrite", "--verbose",
-          "--dropout", "--augment", "--max-train-views"]
+          "--dropout", "--head-start", "--augment", "--max-train-views"]
 FLAGS = {
     "train": ["--out", "-o", *RECIPE, "--test", "--from", "--qat", "--qat-epochs", "--qat-lr",
               "--qat-loss", "--adapt-bn", "--base-cache", "--no-base-cache"],
@@ -32,8 +32,8 @@ FLAGS = {
               "--remote-python", "--wheelhouse", "--remote-timeout"],
     "predict": ["--top-k", "-k", "--json", "--threads", "--no-verify", "--verbose", "--amx"],
     "compare": ["--out", "-o", "--fractions", "--budget", "--target", *RECIPE, "--scratch-lr"],
-    "search": ["--out", "-o", "--weights", "--epochs", "--batch-size", "--lr", "--patience", "--augment", "--val-split",
-               "--seed", "--overwrite", "--verbose", "--test", "--device", "--max-latency-ms", "--max-size-mb",
+    "search": ["--out", "-o", "--weights", "--epochs", "--batch-size", "--lr", "--patience", "--head-start",
+               "--augment", "--val-split", "--seed", "--overwrite", "--verbose", "--test", "--device", "--max-latency-ms", "--max-size-mb",
                "--max-ram-mb", "--threads", "--trials", "--time-budget", "--alphas", "--sizes", "--formats", "--heads",
                "--workers", "--ray", "--resume", "--export-best", "--no-export-best"],
 }

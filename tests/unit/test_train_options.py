@@ -38,6 +38,7 @@ def _cfg(data_dir, tmp, **kw) -> TrainConfig:
     ({"dropout": 1.0}, "--dropout 1.0"),
     ({"val_split": 1.0}, "--val-split 1.0"),
     ({"head": "mlp"}, "--head mlp"),
+    ({"head_start": "ones"}, "--head-start ones"),
     ({"alpha": 0.3}, "--alpha 0.3"),
     ({"image_size": 40}, "--image-size 40"),  # random weights: multiples of 32
     ({"weights": "imagenet", "image_size": 100}, "--image-size 100"),  # pretrained: Keras' sizes
