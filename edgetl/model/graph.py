@@ -21,16 +21,14 @@ def build_head(n_features: int, n_classes: int, head: str, dropout: float, seed:
     (model.recipe.Recipe), given by the caller; an untrained head that stands in for a trained one (latency
     probes, tests) starts from 'glorot', since an all-zero layer has no int8 scale."""
     _, keras = tf_and_keras()
-    if start not in HEAD_STARTS:
-        raise ValueError(f"start {start!r}: one of {HEAD_STARTS}")
     init = keras.initializers.GlorotUniform(seed=seed)
+    softmax_init = {"zeros": "zeros", "glorot": keras.initializers.GlorotUniform(seed=seed + 2)}[start]
     layers = [keras.layers.Dropout(dropout, seed=seed, name=HEAD_PREFIX + "dropout")]
     if head == "dense128":
         layers += [keras.layers.Dense(128, activation="relu", kernel_initializer=init, name=HEAD_PREFIX + "dense128"),
                    keras.layers.Dropout(dropout, seed=seed + 1, name=HEAD_PREFIX + "dropout2")]
     layers.append(keras.layers.Dense(n_classes, activation="softmax",
-                                     kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 2)
-                                     if start == "glorot" else "zeros",
+                                     kernel_initializer=softmax_init,
                                      name=HEAD_PREFIX + "softmax"))
     inp = keras.Input((n_features,), name=HEAD_PREFIX + "features")
     x = inp
